@@ -1,0 +1,1 @@
+"""Firework control plane: enrichment, publishing, webhook, API and dashboard."""

@@ -1,0 +1,51 @@
+"""The enrichment pipeline: load -> validate -> enrich -> group -> render.
+
+Pure functions over files and data: no Django, no network, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controlplane.enrichment.enrich import Enriched, enrich
+from controlplane.enrichment.load import Source, load_source
+from controlplane.enrichment.render import content_hash, render_node_config
+from nodeagent.spec import Problem
+
+
+@dataclass
+class PipelineResult:
+    """Rendered node configs by node type (empty on any error), errors, warnings."""
+
+    configs: dict[str, str] = field(default_factory=dict)
+    service_counts: dict[str, int] = field(default_factory=dict)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def run_pipeline(root: Path) -> PipelineResult:
+    """Enrich the service specs under ``root`` into ``nodes/<node-type>.yaml`` texts."""
+    enriched = enrich(load_source(root))
+    return PipelineResult(
+        configs={t: render_node_config(c) for t, c in enriched.nodes.items()},
+        service_counts={t: len(c.services) for t, c in enriched.nodes.items()},
+        errors=enriched.errors,
+        warnings=enriched.warnings,
+    )
+
+
+__all__ = [
+    "Enriched",
+    "PipelineResult",
+    "Source",
+    "content_hash",
+    "enrich",
+    "load_source",
+    "render_node_config",
+    "run_pipeline",
+]

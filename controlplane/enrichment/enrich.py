@@ -1,0 +1,195 @@
+"""Steps 2-4 of the pipeline: validate, enrich with defaults, group by node type.
+
+Priority for every field: service spec > ``defaults.yaml`` > fallback. Health checks
+merge field by field. All errors of all files are collected; a run with any error
+produces no node configs at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from nodeagent.naming import tap_name
+from nodeagent.spec import (
+    Defaults,
+    NodeConfig,
+    Problem,
+    ServiceConfig,
+    ServiceSpec,
+    check_services,
+)
+from nodeagent.spec.node import (
+    FALLBACK_INTERVAL,
+    FALLBACK_KERNEL,
+    FALLBACK_KERNEL_ARGS,
+    FALLBACK_MEMORY_MB,
+    FALLBACK_RETRIES,
+    FALLBACK_TIMEOUT,
+    FALLBACK_VCPUS,
+)
+from nodeagent.spec.problems import problems_from, sort_problems, unknown_fields
+from controlplane.enrichment.load import Source, SourceFile
+
+_FALLBACKS: dict[str, Any] = {
+    "kernel": FALLBACK_KERNEL,
+    "vcpus": FALLBACK_VCPUS,
+    "memory_mb": FALLBACK_MEMORY_MB,
+    "kernel_args": FALLBACK_KERNEL_ARGS,
+}
+_HEALTH_FALLBACKS: dict[str, Any] = {
+    "interval": FALLBACK_INTERVAL,
+    "timeout": FALLBACK_TIMEOUT,
+    "retries": FALLBACK_RETRIES,
+}
+_INHERITED = ("node_type", "kernel", "initrd", "vcpus", "memory_mb", "kernel_args")
+
+
+@dataclass
+class Enriched:
+    """The outcome of a run: node configs by node type, or errors; warnings always."""
+
+    nodes: dict[str, NodeConfig] = field(default_factory=dict)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _warn_unknown(
+    model: type[Defaults], file: SourceFile, service: str
+) -> list[Problem]:
+    return [
+        Problem(file.path, service, f"unknown field {path} ignored")
+        for path in unknown_fields(model, file.data)
+    ]
+
+
+def _load_defaults(source: Source, out: Enriched) -> Defaults | None:
+    file = source.defaults
+    if file is None or file.data is None:
+        return Defaults()
+    if not isinstance(file.data, Mapping):
+        out.errors.append(Problem(file.path, "", "must be a mapping"))
+        return None
+    out.warnings.extend(_warn_unknown(Defaults, file, ""))
+    try:
+        return Defaults.model_validate(file.data)
+    except ValidationError as exc:
+        out.errors.extend(problems_from(exc, file.path, ""))
+        return None
+
+
+def _label(file: SourceFile) -> str:
+    name = file.data.get("name") if isinstance(file.data, Mapping) else None
+    return name if isinstance(name, str) and name else ""
+
+
+def _load_spec(file: SourceFile, out: Enriched) -> ServiceSpec | None:
+    label = _label(file)
+    if not isinstance(file.data, Mapping):
+        out.errors.append(Problem(file.path, "", "must be a mapping"))
+        return None
+    out.warnings.extend(_warn_unknown(ServiceSpec, file, label))
+    try:
+        return ServiceSpec.model_validate(file.data)
+    except ValidationError as exc:
+        out.errors.extend(problems_from(exc, file.path, label))
+        return None
+
+
+def _health_check(
+    spec: ServiceSpec, defaults: Defaults, networked: bool, file: str, out: Enriched
+) -> dict[str, Any] | None:
+    """Merge the health check field by field; ``false`` in the spec turns it off."""
+    if spec.health_check is False:
+        return None
+    own = spec.health_check.model_dump(exclude_none=True) if spec.health_check else {}
+    inherited = (
+        defaults.health_check.model_dump(exclude_none=True)
+        if defaults.health_check
+        else {}
+    )
+    if not own and not inherited:
+        return None
+    if not own and not networked:
+        out.warnings.append(
+            Problem(file, spec.name, "health_check from defaults skipped: no network")
+        )
+        return None
+    merged = {**_HEALTH_FALLBACKS, **inherited, **own}
+    if merged.get("type") == "tcp" and "path" not in own:
+        merged.pop("path", None)  # an inherited http path means nothing to tcp
+    return merged
+
+
+def enrich_spec(
+    spec: ServiceSpec, defaults: Defaults, file: str, out: Enriched
+) -> tuple[str, ServiceConfig] | None:
+    """One service spec resolved against defaults; None (with errors) if invalid."""
+    given = spec.model_dump(exclude_unset=True)
+    merged: dict[str, Any] = {"name": spec.name, "image": spec.image}
+    for key in _INHERITED:
+        value = given.get(key, getattr(defaults, key))
+        if value is None:
+            value = _FALLBACKS.get(key)
+        if value is not None:
+            merged[key] = value
+    networked = bool(given.get("network", defaults.network))
+    if networked:
+        merged["network"] = {"interface": tap_name(spec.name)}
+    merged["env"] = {**defaults.env, **spec.env}
+    merged["metadata"] = {**defaults.metadata, **spec.metadata}
+    merged["port_forwards"] = [pf.model_dump() for pf in spec.port_forwards]
+    merged["links"] = [link.model_dump() for link in spec.links]
+    merged["health_check"] = _health_check(spec, defaults, networked, file, out)
+    node_type = merged.pop("node_type", None)
+    if node_type is None:
+        out.errors.append(Problem(file, spec.name, "missing node_type"))
+    try:
+        config = ServiceConfig.model_validate(merged)
+    except ValidationError as exc:
+        out.errors.extend(problems_from(exc, file, spec.name))
+        return None
+    return (node_type, config) if node_type else None
+
+
+def enrich(source: Source) -> Enriched:
+    """Validate and enrich a loaded source into one node config per node type."""
+    out = Enriched(errors=list(source.errors))
+    defaults = _load_defaults(source, out)
+    files: dict[str, str] = {}
+    groups: dict[str, list[ServiceConfig]] = {}
+    for file in source.services:
+        spec = _load_spec(file, out)
+        if spec is None:
+            continue
+        if spec.name in files:
+            out.errors.append(
+                Problem(
+                    file.path, spec.name, f"duplicate name (also in {files[spec.name]})"
+                )
+            )
+            continue
+        files[spec.name] = file.path
+        if defaults is None:
+            continue  # defaults.yaml is broken: its errors are already reported
+        resolved = enrich_spec(spec, defaults, file.path, out)
+        if resolved is not None:
+            groups.setdefault(resolved[0], []).append(resolved[1])
+    valid = {s.name for group in groups.values() for s in group}
+    broken = set(files) - valid  # reported already; links to them say nothing more
+    for node_type in sorted(groups):
+        services = sorted(groups[node_type], key=lambda s: s.name)
+        out.errors.extend(check_services(services, files, broken))
+        out.nodes[node_type] = NodeConfig(node=node_type, services=tuple(services))
+    out.errors = sort_problems(out.errors)
+    out.warnings = sort_problems(out.warnings)
+    if out.errors:
+        out.nodes = {}
+    return out
