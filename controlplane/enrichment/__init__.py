@@ -19,7 +19,7 @@ class PipelineResult:
     """Rendered node configs by node type (empty on any error), errors, warnings."""
 
     configs: dict[str, str] = field(default_factory=dict)
-    service_counts: dict[str, int] = field(default_factory=dict)
+    services: dict[str, list[str]] = field(default_factory=dict)
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
 
@@ -33,7 +33,7 @@ def run_pipeline(root: Path) -> PipelineResult:
     enriched = enrich(load_source(root))
     return PipelineResult(
         configs={t: render_node_config(c) for t, c in enriched.nodes.items()},
-        service_counts={t: len(c.services) for t, c in enriched.nodes.items()},
+        services={t: [s.name for s in c.services] for t, c in enriched.nodes.items()},
         errors=enriched.errors,
         warnings=enriched.warnings,
     )

@@ -107,7 +107,7 @@ def _health_check(
     spec: ServiceSpec, defaults: Defaults, networked: bool, file: str, out: Enriched
 ) -> dict[str, Any] | None:
     """Merge the health check field by field; ``false`` in the spec turns it off."""
-    if spec.health_check is False:
+    if spec.health_check_off:
         return None
     own = spec.health_check.model_dump(exclude_none=True) if spec.health_check else {}
     inherited = (
@@ -164,10 +164,12 @@ def enrich(source: Source) -> Enriched:
     out = Enriched(errors=list(source.errors))
     defaults = _load_defaults(source, out)
     files: dict[str, str] = {}
+    broken: set[str] = set()  # reported already; links to them say nothing more
     groups: dict[str, list[ServiceConfig]] = {}
     for file in source.services:
         spec = _load_spec(file, out)
         if spec is None:
+            broken.add(_label(file))
             continue
         if spec.name in files:
             out.errors.append(
@@ -183,7 +185,7 @@ def enrich(source: Source) -> Enriched:
         if resolved is not None:
             groups.setdefault(resolved[0], []).append(resolved[1])
     valid = {s.name for group in groups.values() for s in group}
-    broken = set(files) - valid  # reported already; links to them say nothing more
+    broken |= set(files) - valid
     for node_type in sorted(groups):
         services = sorted(groups[node_type], key=lambda s: s.name)
         out.errors.extend(check_services(services, files, broken))

@@ -6,9 +6,10 @@ is validated again as a :class:`~nodeagent.spec.node.ServiceConfig`.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, ValidatorFunctionWrapHandler, model_validator
 
 from nodeagent.spec.fields import (
     AbsPath,
@@ -54,14 +55,35 @@ class Defaults(Model):
     metadata: dict[ScalarText, ScalarText] = Field(default_factory=dict)
 
 
-class ServiceSpec(Defaults):
+class _Identity(Model):
+    name: ServiceName
+    image: AbsPath
+
+
+# Bases in this order put name and image first, so errors read in table order.
+class ServiceSpec(Defaults, _Identity):
     """``services/<name>.yaml``: one service as the ops team writes it.
 
     ``health_check: false`` turns off a health check inherited from defaults.
     """
 
-    name: ServiceName
-    image: AbsPath
     port_forwards: tuple[PortForward, ...] = ()
     links: tuple[Link, ...] = ()
-    health_check: HealthCheckSpec | Literal[False] | None = None  # type: ignore[assignment]
+    _health_check_off: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _health_check_false(
+        cls, data: Any, handler: ValidatorFunctionWrapHandler
+    ) -> ServiceSpec:
+        off = isinstance(data, Mapping) and data.get("health_check") is False
+        if off:
+            data = {k: v for k, v in data.items() if k != "health_check"}
+        spec: ServiceSpec = handler(data)
+        spec._health_check_off = off
+        return spec
+
+    @property
+    def health_check_off(self) -> bool:
+        """True when the spec says ``health_check: false``."""
+        return self._health_check_off

@@ -219,7 +219,7 @@ def validate_node_config(
         errors.append(Problem(file, "", "services: must be a list"))
         services_raw = []
     try:
-        NodeConfig.model_validate({"node": node})
+        NodeConfig.model_validate({k: v for k, v in data.items() if k == "node"})
     except ValidationError as exc:
         errors.extend(problems_from(exc, file, ""))
     services: list[ServiceConfig] = []

@@ -51,6 +51,7 @@ _TYPE_MESSAGES = {
     "model_type": "must be a mapping",
     "model_attributes_type": "must be a mapping",
     "list_type": "must be a list",
+    "tuple_type": "must be a list",
 }
 
 

@@ -1,0 +1,11 @@
+"""ASGI entry point for application servers."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "firework_site.settings")
+
+application = get_asgi_application()
