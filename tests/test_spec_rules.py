@@ -269,7 +269,7 @@ def test_oversized_file_is_refused(tmp_path: Path) -> None:
     write_repo(tmp_path, [])
     (tmp_path / "services" / "web.yaml").write_text("# pad\n" * 200_000)
     errors = [str(e) for e in run_pipeline(tmp_path).errors]
-    assert errors and "at most 1048576 allowed" in errors[0]
+    assert errors == ["services/web.yaml: file is larger than 1048576 bytes"]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@ Pure functions over files and data: no Django, no network, no clock.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +31,27 @@ class PipelineResult:
         return not self.errors
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: a run allocates many small objects and no cycles, and
+    generation scans made large runs superlinear (about a third of the time at
+    10,000 services). Reference counting still frees everything as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def run_pipeline(root: Path) -> PipelineResult:
     """Enrich the service specs under ``root`` into ``nodes/<node-type>.yaml`` texts."""
+    with _gc_paused():
+        return _run(root)
+
+
+def _run(root: Path) -> PipelineResult:
     enriched = enrich(load_source(root))
     return PipelineResult(
         configs={t: render_node_config(c) for t, c in enriched.nodes.items()},

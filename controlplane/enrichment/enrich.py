@@ -31,6 +31,7 @@ from nodeagent.spec.node import (
     FALLBACK_TIMEOUT,
     FALLBACK_VCPUS,
 )
+from nodeagent.spec.input import split_health_check_off
 from nodeagent.spec.problems import problems_from, sort_problems, unknown_fields
 from controlplane.enrichment.load import Source, SourceFile
 
@@ -90,25 +91,29 @@ def _label(file: SourceFile) -> str:
     return name if isinstance(name, str) and name else ""
 
 
-def _load_spec(file: SourceFile, out: Enriched) -> ServiceSpec | None:
+def _load_spec(file: SourceFile, out: Enriched) -> tuple[ServiceSpec, bool] | None:
+    """The validated spec and whether it turns the health check off."""
     label = _label(file)
     if not isinstance(file.data, Mapping):
         out.errors.append(Problem(file.path, "", "must be a mapping"))
         return None
     out.warnings.extend(_warn_unknown(ServiceSpec, file, label))
+    data, health_check_off = split_health_check_off(file.data)
     try:
-        return ServiceSpec.model_validate(file.data)
+        return ServiceSpec.model_validate(data), health_check_off
     except ValidationError as exc:
         out.errors.extend(problems_from(exc, file.path, label))
         return None
 
 
 def _health_check(
-    spec: ServiceSpec, defaults: Defaults, networked: bool, file: str, out: Enriched
+    spec: ServiceSpec,
+    defaults: Defaults,
+    networked: bool,
+    file: str,
+    out: Enriched,
 ) -> dict[str, Any] | None:
-    """Merge the health check field by field; ``false`` in the spec turns it off."""
-    if spec.health_check_off:
-        return None
+    """Merge the health check field by field, service over defaults over fallback."""
     own = spec.health_check.model_dump(exclude_none=True) if spec.health_check else {}
     inherited = (
         defaults.health_check.model_dump(exclude_none=True)
@@ -129,7 +134,11 @@ def _health_check(
 
 
 def enrich_spec(
-    spec: ServiceSpec, defaults: Defaults, file: str, out: Enriched
+    spec: ServiceSpec,
+    defaults: Defaults,
+    file: str,
+    out: Enriched,
+    health_check_off: bool = False,
 ) -> tuple[str, ServiceConfig] | None:
     """One service spec resolved against defaults; None (with errors) if invalid."""
     given = spec.model_dump(exclude_unset=True)
@@ -147,7 +156,8 @@ def enrich_spec(
     merged["metadata"] = {**defaults.metadata, **spec.metadata}
     merged["port_forwards"] = [pf.model_dump() for pf in spec.port_forwards]
     merged["links"] = [link.model_dump() for link in spec.links]
-    merged["health_check"] = _health_check(spec, defaults, networked, file, out)
+    if not health_check_off:
+        merged["health_check"] = _health_check(spec, defaults, networked, file, out)
     node_type = merged.pop("node_type", None)
     if node_type is None:
         out.errors.append(Problem(file, spec.name, "missing node_type"))
@@ -167,10 +177,11 @@ def enrich(source: Source) -> Enriched:
     broken: set[str] = set()  # reported already; links to them say nothing more
     groups: dict[str, list[ServiceConfig]] = {}
     for file in source.services:
-        spec = _load_spec(file, out)
-        if spec is None:
+        loaded = _load_spec(file, out)
+        if loaded is None:
             broken.add(_label(file))
             continue
+        spec, health_check_off = loaded
         if spec.name in files:
             out.errors.append(
                 Problem(
@@ -181,7 +192,7 @@ def enrich(source: Source) -> Enriched:
         files[spec.name] = file.path
         if defaults is None:
             continue  # defaults.yaml is broken: its errors are already reported
-        resolved = enrich_spec(spec, defaults, file.path, out)
+        resolved = enrich_spec(spec, defaults, file.path, out, health_check_off)
         if resolved is not None:
             groups.setdefault(resolved[0], []).append(resolved[1])
     valid = {s.name for group in groups.values() for s in group}

@@ -20,6 +20,8 @@ ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 IFACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")
 KERNEL_CMDLINE_MAX = 2048
 
 
@@ -47,7 +49,7 @@ def _abs_path(value: str) -> str:
         raise ValueError(f"must be an absolute path, got {value!r}")
     if ".." in value.split("/"):
         raise ValueError(f"must not contain '..', got {value!r}")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if CONTROL.search(value):
         raise ValueError("must not contain control characters")
     if len(value) > 1024:
         raise ValueError("must be at most 1024 characters")
@@ -104,7 +106,7 @@ def _ipv4(value: str) -> str:
 
 
 def _http_path(value: str) -> str:
-    if not value.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in value):
+    if not value.startswith("/") or CONTROL.search(value) or " " in value:
         raise ValueError(f"must start with '/' and contain no spaces, got {value!r}")
     return value
 
@@ -116,8 +118,8 @@ def _scheme(value: str) -> str:
 
 
 def _kernel_args(value: str) -> str:
-    bad = sorted({c for c in value if not (" " <= c <= "~")})
-    if bad:
+    if NOT_PRINTABLE_ASCII.search(value):
+        bad = sorted(set(NOT_PRINTABLE_ASCII.findall(value)))
         raise ValueError(
             f"must be printable ASCII, found {''.join(bad)!r}".replace("\\", "\\\\")
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidatorFunctionWrapHandler, model_validator
+from pydantic import Field
 
 from nodeagent.spec.fields import (
     AbsPath,
@@ -64,26 +64,16 @@ class _Identity(Model):
 class ServiceSpec(Defaults, _Identity):
     """``services/<name>.yaml``: one service as the ops team writes it.
 
-    ``health_check: false`` turns off a health check inherited from defaults.
+    ``health_check: false`` turns off a health check inherited from defaults; see
+    :func:`split_health_check_off`.
     """
 
     port_forwards: tuple[PortForward, ...] = ()
     links: tuple[Link, ...] = ()
-    _health_check_off: bool = PrivateAttr(default=False)
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _health_check_false(
-        cls, data: Any, handler: ValidatorFunctionWrapHandler
-    ) -> ServiceSpec:
-        off = isinstance(data, Mapping) and data.get("health_check") is False
-        if off:
-            data = {k: v for k, v in data.items() if k != "health_check"}
-        spec: ServiceSpec = handler(data)
-        spec._health_check_off = off
-        return spec
 
-    @property
-    def health_check_off(self) -> bool:
-        """True when the spec says ``health_check: false``."""
-        return self._health_check_off
+def split_health_check_off(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
+    """Strip ``health_check: false`` from a raw spec; say whether it was there."""
+    if data.get("health_check") is False:
+        return {k: v for k, v in data.items() if k != "health_check"}, True
+    return data, False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,12 +95,12 @@ def unknown_fields(
     if not isinstance(data, Mapping):
         return []
     found: list[str] = []
-    fields = model.model_fields
+    names, nested = _field_names(model), _nested_models(model)
     for key, value in data.items():
-        if key not in fields:
+        if key not in names:
             found.append(loc_to_path((*prefix, str(key))))
             continue
-        sub = _submodel(fields[key].annotation)
+        sub = nested.get(key)
         if sub is None:
             continue
         if isinstance(value, Mapping):
@@ -107,6 +108,22 @@ def unknown_fields(
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 found.extend(unknown_fields(sub, item, (*prefix, key, i)))
+    return found
+
+
+@functools.cache
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(model.model_fields)
+
+
+@functools.cache
+def _nested_models(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Fields of ``model`` that hold further models, with those models."""
+    found = {}
+    for name, info in model.model_fields.items():
+        sub = _submodel(info.annotation)
+        if sub is not None:
+            found[name] = sub
     return found
 
 
