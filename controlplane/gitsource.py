@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from dulwich import porcelain
+from dulwich.client import HTTPUnauthorized
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,15 @@ def clone(
             errstream=io.BytesIO(),
             **auth,
         )
+    except HTTPUnauthorized:
+        raise GitSourceError(
+            f"cloning {redact(url)}: access denied (check the token)"
+        ) from None
     except (GitProtocolError, HangupException, NotGitRepository, OSError) as exc:
         raise GitSourceError(_describe(url, exc)) from None
-    except KeyError as exc:  # dulwich raises KeyError for a missing branch
-        raise GitSourceError(f"cloning {redact(url)}: no branch {exc}") from None
+    except (KeyError, ValueError) as exc:  # how dulwich reports a missing branch
+        reason = f"no branch {branch}" if branch else str(exc)
+        raise GitSourceError(f"cloning {redact(url)}: {reason}") from None
     with repo:
         return repo.head().decode()
 

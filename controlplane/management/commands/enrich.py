@@ -18,7 +18,7 @@ from controlplane.objectstore import (
     ObjectStoreError,
     store_from_env,
 )
-from controlplane.publish import PublishRefused, publish
+from controlplane.publish import PublishError, publish
 from firework_site.env import env_secret
 
 
@@ -88,10 +88,10 @@ class Command(BaseCommand):
     def _publish(self, store: ObjectStore, result: PipelineResult, empty: bool) -> None:
         try:
             report = publish(store, result, allow_empty=empty)
-        except (PublishRefused, ObjectStoreError) as exc:
+        except (PublishError, ObjectStoreError) as exc:
             raise CommandError(f"publishing to {store.describe()}: {exc}") from None
         self.stdout.write(
-            f"published {len(report.written)} node config(s) to {store.describe()}"
+            f"published {len(report.configs)} node config(s) to {store.describe()}"
             f", deleted {len(report.deleted)} stale"
         )
 

@@ -1,0 +1,110 @@
+"""Real Git repositories for tests: made with dulwich, served over HTTP on loopback.
+
+dulwich's smart-HTTP WSGI app has no authentication; :class:`GitHTTPServer` adds a
+Basic-auth check of a token (any user name), the way GitHub checks one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from dulwich import porcelain
+from dulwich.repo import Repo
+from dulwich.server import DictBackend
+from dulwich.web import make_wsgi_chain
+
+AUTHOR = b"Firework Tests <tests@firework.invalid>"
+
+
+def commit_tree(repo_dir: Path, files: dict[str, str | None], message: str) -> str:
+    """Write (or delete, for None) ``files`` in ``repo_dir``, commit; return the SHA."""
+    if not (repo_dir / ".git").exists():
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        with Repo.init(str(repo_dir)) as repo:
+            repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/main")
+    paths = []
+    for rel, text in files.items():
+        target = repo_dir / rel
+        if text is None:
+            porcelain.remove(str(repo_dir), [str(target)])
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        paths.append(str(target))
+    if paths:
+        porcelain.add(str(repo_dir), paths)
+    sha = porcelain.commit(
+        str(repo_dir), message=message.encode(), author=AUTHOR, committer=AUTHOR
+    )
+    return sha.decode()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # skip HTTPServer's reverse DNS lookup of the address (slow without DNS)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+        self.setup_environ()
+
+
+class GitHTTPServer:
+    """Serve ``repos`` (URL path -> repo dir) at ``http://127.0.0.1:<port>/``."""
+
+    def __init__(self, repos: dict[str, Path], token: str | None = None) -> None:
+        backend = DictBackend({f"/{k}": Repo(str(v)) for k, v in repos.items()})
+        self.app = self._with_auth(make_wsgi_chain(backend), token)
+        self.server = make_server(
+            "127.0.0.1", 0, self.app, server_class=_Server, handler_class=_QuietHandler
+        )
+        self.requests = 0
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def _with_auth(self, app: Callable[..., Iterable[bytes]], token: str | None):
+        def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            self.requests += 1
+            if token is not None and not _token_ok(environ, token):
+                start_response(
+                    "401 Unauthorized",
+                    [("WWW-Authenticate", 'Basic realm="git"'), ("Content-Length", "0")],
+                )
+                return [b""]
+            return app(environ, start_response)
+
+        return guarded
+
+    def __enter__(self) -> GitHTTPServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _token_ok(environ: dict[str, Any], token: str) -> bool:
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if not header.startswith("Basic "):
+        return False
+    try:
+        _, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except ValueError:
+        return False
+    return hmac.compare_digest(password.encode(), token.encode())
