@@ -49,7 +49,11 @@ def generate(root: Path, count: int) -> None:
         }
         if i >= NODE_TYPES:  # link to the previous service of the same node type
             spec["links"] = [
-                {"service": f"svc-{i - NODE_TYPES:05d}", "env": "UPSTREAM", "port": 8080}
+                {
+                    "service": f"svc-{i - NODE_TYPES:05d}",
+                    "env": "UPSTREAM",
+                    "port": 8080,
+                }
             ]
         (root / "services" / f"svc-{i:05d}.yaml").write_text(yaml.safe_dump(spec))
 
@@ -89,22 +93,30 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one)))
         return
-    print(f"{'services':>9} {'seconds':>8} {'svc/s':>8} {'vs target':>9} "
-          f"{'peak RSS':>9} {'growth':>8} {'output':>9}")
+    print(
+        f"{'services':>9} {'seconds':>8} {'svc/s':>8} {'vs target':>9} "
+        f"{'peak RSS':>9} {'growth':>8} {'output':>9}"
+    )
     worst = float("inf")
     for size in args.sizes:
         out = subprocess.run(
             [sys.executable, __file__, "--one", str(size)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         r = json.loads(out.stdout)
         ratio = r["per_second"] / TARGET_PER_SECOND
         worst = min(worst, ratio)
-        print(f"{size:>9} {r['seconds']:>8.2f} {r['per_second']:>8.0f} "
-              f"{ratio:>8.2f}x {r['peak_rss_mib']:>7.0f}Mi {r['rss_growth_mib']:>6.0f}Mi "
-              f"{r['output_kib']:>7.0f}Ki")
-    print(f"target {TARGET_PER_SECOND} services/s: worst ratio {worst:.2f}x "
-          f"({'met' if worst >= 1 else 'NOT met'})")
+        print(
+            f"{size:>9} {r['seconds']:>8.2f} {r['per_second']:>8.0f} "
+            f"{ratio:>8.2f}x {r['peak_rss_mib']:>7.0f}Mi {r['rss_growth_mib']:>6.0f}Mi "
+            f"{r['output_kib']:>7.0f}Ki"
+        )
+    print(
+        f"target {TARGET_PER_SECOND} services/s: worst ratio {worst:.2f}x "
+        f"({'met' if worst >= 1 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 _REMOTE = re.compile(r"^(https?|git|ssh|file)://", re.IGNORECASE)
 # GitHub accepts any user name with a token as the password; this one is documented.
-TOKEN_USER = "x-access-token"
+TOKEN_USER = "x-access-token"  # noqa: S105 - a user name, not a secret
 
 
 class GitSourceError(Exception):
@@ -24,7 +25,7 @@ class GitSourceError(Exception):
 
 
 def is_git_url(source: str) -> bool:
-    """True for ``https://...``, ``ssh://...``, ``file://...`` and ``user@host:path``."""
+    """True for URLs (``https://``, ``ssh://``, ``file://``) and ``user@host:path``."""
     return bool(_REMOTE.match(source)) or bool(re.match(r"^[\w.-]+@[\w.-]+:", source))
 
 
@@ -46,20 +47,18 @@ def clone(
 
     Returns the checked-out commit SHA.
     """
-    auth: dict[str, str] = {}
-    if token:
-        auth = {"username": TOKEN_USER, "password": token}
     log.info("cloning repository url=%s branch=%s", redact(url), branch or "HEAD")
     try:
-        repo = porcelain.clone(
+        run = functools.partial(
+            porcelain.clone,
             url,
             str(dest),
             depth=1,
             branch=branch,
             checkout=True,
             errstream=io.BytesIO(),
-            **auth,
         )
+        repo = run(username=TOKEN_USER, password=token) if token else run()
     except HTTPUnauthorized:
         raise GitSourceError(
             f"cloning {redact(url)}: access denied (check the token)"

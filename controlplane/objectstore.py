@@ -23,6 +23,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from controlplane.envvars import EnvError, env_secret
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -73,9 +75,7 @@ class StoredObject:
 class ObjectStore(Protocol):
     """The operations publishing needs from a store."""
 
-    def put(
-        self, key: str, data: bytes, content_type: str = "application/yaml"
-    ) -> str:
+    def put(self, key: str, data: bytes, content_type: str = "application/yaml") -> str:
         """Store ``data`` under ``key``, replacing it whole; return the ETag."""
         ...
 
@@ -155,9 +155,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def put(
-        self, key: str, data: bytes, content_type: str = "application/yaml"
-    ) -> str:
+    def put(self, key: str, data: bytes, content_type: str = "application/yaml") -> str:
         """Write ``data`` to a temp file in the target directory, then rename it."""
         path = self._path(key)
         try:
@@ -212,7 +210,9 @@ def _reason(exc: OSError) -> str:
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp_name = tempfile.mkstemp(
         # A short name: the key's own name may already be near NAME_MAX.
-        dir=path.parent, prefix=f".{path.name[:32]}.", suffix=TEMP_SUFFIX
+        dir=path.parent,
+        prefix=f".{path.name[:32]}.",
+        suffix=TEMP_SUFFIX,
     )
     try:
         with os.fdopen(fd, "wb") as tmp:
@@ -281,9 +281,7 @@ class S3Store:
     def _location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
-    def put(
-        self, key: str, data: bytes, content_type: str = "application/yaml"
-    ) -> str:
+    def put(self, key: str, data: bytes, content_type: str = "application/yaml") -> str:
         """Upload in one request, so the ETag is the MD5 of ``data``."""
         full = self.prefix + validate_key(key)
         try:
@@ -388,16 +386,20 @@ def _wrap(
 
 
 def store_from_env(environ: Mapping[str, str]) -> ObjectStore:
-    """Build the store named by ``FIREWORK_STORE`` (``local`` or ``s3``)."""
-    kind = environ.get("FIREWORK_STORE", "") or "local"
+    """Build the store named by ``FIREWORK_STORE`` (``local`` or ``s3``).
+
+    Raises ``StoreConfigError`` naming the variable when the settings are unusable;
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` may come from ``*_FILE`` files.
+    An empty variable counts as unset.
+    """
+    kind = _env(environ, "FIREWORK_STORE").lower() or "local"
     if kind == "local":
-        root = environ.get("FIREWORK_STORE_DIR", "") or DEFAULT_LOCAL_DIR
-        return LocalStore(Path(root))
-    if kind != "s3":
-        raise StoreConfigError(
-            f"FIREWORK_STORE: must be 'local' or 's3' (got {kind!r})"
+        return LocalStore(
+            Path(_env(environ, "FIREWORK_STORE_DIR") or DEFAULT_LOCAL_DIR)
         )
-    bucket = environ.get("S3_BUCKET", "")
+    if kind != "s3":
+        raise StoreConfigError(f"FIREWORK_STORE: must be local or s3 (got {kind!r})")
+    bucket = _env(environ, "S3_BUCKET")
     if not bucket:
         raise StoreConfigError("S3_BUCKET: required when FIREWORK_STORE=s3")
     access_key = secret_from_env(environ, "AWS_ACCESS_KEY_ID")
@@ -408,9 +410,10 @@ def store_from_env(environ: Mapping[str, str]) -> ObjectStore:
         )
     store = S3Store(
         bucket,
-        prefix=environ.get("S3_PREFIX", ""),
-        region=environ.get("S3_REGION") or None,
-        endpoint_url=environ.get("S3_ENDPOINT_URL") or None,
+        prefix=_env(environ, "S3_PREFIX"),
+        region=_env(environ, "S3_REGION") or None,
+        endpoint_url=_env(environ, "S3_ENDPOINT_URL") or None,
+        # Neither set: boto3's default chain (env, profile, instance role) applies.
         access_key=access_key,
         secret_key=secret_key,
     )
@@ -418,25 +421,16 @@ def store_from_env(environ: Mapping[str, str]) -> ObjectStore:
     return store
 
 
-def secret_from_env(environ: Mapping[str, str], name: str) -> str | None:
-    """``name`` from the environment or from the file named by ``<name>_FILE``.
+def _env(environ: Mapping[str, str], name: str) -> str:
+    return environ.get(name, "").strip()
 
-    Returns ``None`` when neither is set; the secret itself is never logged.
+
+def secret_from_env(environ: Mapping[str, str], name: str) -> str | None:
+    """``name`` from the environment or the file named by ``<name>_FILE``, or None.
+
+    Messages name the variable and the file, never the secret.
     """
-    value = environ.get(name, "")
-    file_var = f"{name}_FILE"
-    file_name = environ.get(file_var, "")
-    if value and file_name:
-        raise StoreConfigError(f"{name}: set {name} or {file_var}, not both")
-    if not file_name:
-        return value or None
     try:
-        text = Path(file_name).read_text()
-    except OSError as exc:
-        raise StoreConfigError(
-            f"{file_var}: cannot read {file_name}: {_reason(exc)}"
-        ) from exc
-    secret = text.rstrip("\r\n")
-    if not secret:
-        raise StoreConfigError(f"{file_var}: {file_name} is empty")
-    return secret
+        return env_secret(name, environ=environ) or None
+    except EnvError as exc:
+        raise StoreConfigError(str(exc)) from None

@@ -143,7 +143,9 @@ def _stale_keys(store: ObjectStore, report: PublishReport) -> list[str]:
     try:
         keys = store.list(NODES_PREFIX)
     except ObjectStoreError as exc:
-        raise _failed(f"listing {NODES_PREFIX}; nothing deleted: {exc}", report) from exc
+        raise _failed(
+            f"listing {NODES_PREFIX}; nothing deleted: {exc}", report
+        ) from exc
     return [k for k in keys if is_node_config_key(k) and k not in current]
 
 

@@ -1,6 +1,6 @@
 """Secrets the control plane generates for itself and keeps in its var directory.
 
-Like :mod:`firework_site.env`, this module does not import Django.
+Like :mod:`controlplane.envvars`, this module does not import Django.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from firework_site.env import EnvError, env_secret
+from controlplane.envvars import EnvError, env_secret
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -63,9 +63,7 @@ def only_loopback(hosts: Iterable[str]) -> bool:
     return all(host.lower() in LOOPBACK_HOSTS for host in hosts)
 
 
-def secret_key(
-    environ: Mapping[str, str], *, may_generate: bool, path: Path
-) -> str:
+def secret_key(environ: Mapping[str, str], *, may_generate: bool, path: Path) -> str:
     """Django's SECRET_KEY from ``DJANGO_SECRET_KEY``/``_FILE`` or from ``path``.
 
     Generating a key is allowed only where one process serves the site (a

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from firework_site.env import (
+from controlplane.envvars import (
     env_bool,
     env_choice,
     env_int,

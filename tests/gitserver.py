@@ -10,25 +10,24 @@ import base64
 import hmac
 import socketserver
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from dulwich import porcelain
 from dulwich.repo import Repo
-from dulwich.server import DictBackend
+from dulwich.server import BackendRepo, DictBackend
 from dulwich.web import make_wsgi_chain
 
 AUTHOR = b"Firework Tests <tests@firework.invalid>"
 
 
-def commit_tree(repo_dir: Path, files: dict[str, str | None], message: str) -> str:
+def commit_tree(repo_dir: Path, files: Mapping[str, str | None], message: str) -> str:
     """Write (or delete, for None) ``files`` in ``repo_dir``, commit; return the SHA."""
     if not (repo_dir / ".git").exists():
         repo_dir.mkdir(parents=True, exist_ok=True)
-        with Repo.init(str(repo_dir)) as repo:
-            repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/main")
+        Repo.init(str(repo_dir), default_branch=b"main").close()
     paths = []
     for rel, text in files.items():
         target = repo_dir / rel
@@ -47,7 +46,7 @@ def commit_tree(repo_dir: Path, files: dict[str, str | None], message: str) -> s
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -57,7 +56,8 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
     def server_bind(self) -> None:
         # skip HTTPServer's reverse DNS lookup of the address (slow without DNS)
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
         self.setup_environ()
 
 
@@ -65,7 +65,10 @@ class GitHTTPServer:
     """Serve ``repos`` (URL path -> repo dir) at ``http://127.0.0.1:<port>/``."""
 
     def __init__(self, repos: dict[str, Path], token: str | None = None) -> None:
-        backend = DictBackend({f"/{k}": Repo(str(v)) for k, v in repos.items()})
+        served: dict[str, BackendRepo] = {
+            f"/{k}": Repo(str(v)) for k, v in repos.items()
+        }
+        backend = DictBackend(served)
         self.app = self._with_auth(make_wsgi_chain(backend), token)
         self.server = make_server(
             "127.0.0.1", 0, self.app, server_class=_Server, handler_class=_QuietHandler
@@ -83,7 +86,10 @@ class GitHTTPServer:
             if token is not None and not _token_ok(environ, token):
                 start_response(
                     "401 Unauthorized",
-                    [("WWW-Authenticate", 'Basic realm="git"'), ("Content-Length", "0")],
+                    [
+                        ("WWW-Authenticate", 'Basic realm="git"'),
+                        ("Content-Length", "0"),
+                    ],
                 )
                 return [b""]
             return app(environ, start_response)

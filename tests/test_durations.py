@@ -24,7 +24,8 @@ def test_valid_durations(text: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "10", "s", "10x", "1.5s", "-1s", "1s1m", "1m1m", " 1s", "1s ", "1 s", "1d"]
+    "text",
+    ["", "10", "s", "10x", "1.5s", "-1s", "1s1m", "1m1m", " 1s", "1s ", "1 s", "1d"],
 )
 def test_invalid_durations_raise(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):

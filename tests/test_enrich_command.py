@@ -28,7 +28,10 @@ def test_example_summary_lists_node_types_services_and_warnings() -> None:
     out, err = run(str(EXAMPLE))
     assert "node type compute: 1 service(s): report-worker" in out
     assert "node type general-purpose: 3 service(s): api, db, web" in out
-    assert "warning: services/report-worker.yml: service report-worker: unknown field" in err
+    assert (
+        "warning: services/report-worker.yml: service report-worker: unknown field"
+        in err
+    )
 
 
 def test_output_directory_gets_the_node_configs(tmp_path: Path) -> None:
@@ -55,18 +58,32 @@ def test_publish_uses_the_configured_store(
     assert "deleted 1 stale" in out
 
 
-def test_validation_errors_are_all_listed_and_nothing_is_written(tmp_path: Path) -> None:
+def test_validation_errors_are_all_listed_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
     repo = write_repo(
         tmp_path / "repo",
         [base_service("web", vcpus=0), base_service("api", image="rel")],
     )
     err = StringIO()
     with pytest.raises(CommandError, match="2 validation error"):
-        call_command("enrich", str(repo), "--output", str(tmp_path / "out"),
-                     stdout=StringIO(), stderr=err)
+        call_command(
+            "enrich",
+            str(repo),
+            "--output",
+            str(tmp_path / "out"),
+            stdout=StringIO(),
+            stderr=err,
+        )
     errors = err.getvalue()
-    assert "error: services/web.yaml: service web: vcpus: must be between 1 and 32" in errors
-    assert "error: services/api.yaml: service api: image: must be an absolute path" in errors
+    assert (
+        "error: services/web.yaml: service web: vcpus: must be between 1 and 32"
+        in errors
+    )
+    assert (
+        "error: services/api.yaml: service api: image: must be an absolute path"
+        in errors
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -91,8 +108,13 @@ def test_git_url_is_cloned_with_the_token_from_a_file(
     token_file.write_text("t0ken\n")
     monkeypatch.setenv("FIREWORK_GIT_TOKEN_FILE", str(token_file))
     with GitHTTPServer({"ops.git": tmp_path / "origin"}, token="t0ken") as server:
-        out, _ = run(f"{server.url}/ops.git", "--subdir", "ops",
-                     "--output", str(tmp_path / "out"))
+        out, _ = run(
+            f"{server.url}/ops.git",
+            "--subdir",
+            "ops",
+            "--output",
+            str(tmp_path / "out"),
+        )
     assert f"commit {sha}" in out
     assert (tmp_path / "out" / "nodes" / "general-purpose.yaml").exists()
 
@@ -101,8 +123,13 @@ def test_command_exits_1_from_the_shell(tmp_path: Path) -> None:
     repo = write_repo(tmp_path, [base_service("web", memory_mb=1)])
     done = subprocess.run(
         [sys.executable, "manage.py", "enrich", str(repo)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
         cwd=Path(__file__).parent.parent,
     )
     assert done.returncode == 1
-    assert "services/web.yaml: service web: memory_mb: must be >= 128, got 1" in done.stderr
+    assert (
+        "services/web.yaml: service web: memory_mb: must be >= 128, got 1"
+        in done.stderr
+    )

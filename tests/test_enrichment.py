@@ -26,7 +26,10 @@ def test_fallbacks_of_the_original_apply_without_defaults(tmp_path: Path) -> Non
     assert web["kernel"] == "/var/lib/images/vmlinux-5.10"
     assert web["vcpus"] == 1
     assert web["memory_mb"] == 256
-    assert web["kernel_args"] == "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init"
+    assert (
+        web["kernel_args"]
+        == "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init"
+    )
 
 
 @pytest.mark.parametrize(
@@ -35,7 +38,12 @@ def test_fallbacks_of_the_original_apply_without_defaults(tmp_path: Path) -> Non
         ("kernel", "/var/lib/images/vmlinux-5.10", "/k/default", "/k/own"),
         ("vcpus", 1, 2, 4),
         ("memory_mb", 256, 512, 1024),
-        ("kernel_args", "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init", "d", "o"),
+        (
+            "kernel_args",
+            "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init",
+            "d",
+            "o",
+        ),
         ("initrd", None, "/i/default", "/i/own"),
     ],
 )
@@ -70,7 +78,11 @@ def test_health_check_timing_fallbacks(tmp_path: Path) -> None:
     services = [base_service("web", health_check={"type": "tcp", "port": 5432})]
     web = enrich_services(tmp_path, services)["general-purpose"]["web"]
     assert web["health_check"] == {
-        "type": "tcp", "port": 5432, "interval": "10s", "timeout": "5s", "retries": 3
+        "type": "tcp",
+        "port": 5432,
+        "interval": "10s",
+        "timeout": "5s",
+        "retries": 3,
     }
 
 
@@ -110,7 +122,9 @@ def test_default_health_check_is_skipped_with_a_warning_without_network(
 
 def test_env_and_metadata_merge_with_service_values_winning(tmp_path: Path) -> None:
     defaults = {"env": {"LOG": "info", "REGION": "eu"}, "metadata": {"team": "a"}}
-    services = [base_service("web", env={"LOG": "debug", "PORT": 80}, metadata={"v": 1})]
+    services = [
+        base_service("web", env={"LOG": "debug", "PORT": 80}, metadata={"v": 1})
+    ]
     web = enrich_services(tmp_path, services, defaults)["general-purpose"]["web"]
     assert web["env"] == {"LOG": "debug", "PORT": "80", "REGION": "eu"}
     assert web["metadata"] == {"team": "a", "v": "1"}
@@ -152,7 +166,10 @@ def test_services_are_grouped_by_node_type_and_sorted(tmp_path: Path) -> None:
     ]
     result = run_pipeline(write_repo(tmp_path, services))
     assert list(result.configs) == ["compute", "general-purpose"]
-    assert result.services == {"compute": ["batch"], "general-purpose": ["alpha", "zeta"]}
+    assert result.services == {
+        "compute": ["batch"],
+        "general-purpose": ["alpha", "zeta"],
+    }
     doc = yaml.safe_load(result.configs["general-purpose"])
     assert doc["node"] == "general-purpose"
     assert [s["name"] for s in doc["services"]] == ["alpha", "zeta"]
@@ -168,8 +185,12 @@ def test_node_type_may_come_from_defaults(tmp_path: Path) -> None:
 def test_output_is_byte_identical_whatever_the_input_order(tmp_path: Path) -> None:
     env = {f"K{i}": str(i) for i in range(20)}
     forward = dict(reversed(list(env.items())))
-    one = run_pipeline(write_repo(tmp_path / "1", [base_service("a", env=env), base_service("b")]))
-    two = run_pipeline(write_repo(tmp_path / "2", [base_service("b"), base_service("a", env=forward)]))
+    one = run_pipeline(
+        write_repo(tmp_path / "1", [base_service("a", env=env), base_service("b")])
+    )
+    two = run_pipeline(
+        write_repo(tmp_path / "2", [base_service("b"), base_service("a", env=forward)])
+    )
     assert one.configs == two.configs
     doc = yaml.safe_load(one.configs["general-purpose"])
     assert list(doc["services"][0]["env"]) == sorted(env)

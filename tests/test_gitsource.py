@@ -37,7 +37,9 @@ def test_clone_follows_new_commits_on_a_branch(
     tmp_path: Path, spec_repo: tuple[Path, str]
 ) -> None:
     origin, _ = spec_repo
-    sha = commit_tree(origin, {"services/api.yaml": yaml.safe_dump(base_service("api"))}, "api")
+    sha = commit_tree(
+        origin, {"services/api.yaml": yaml.safe_dump(base_service("api"))}, "api"
+    )
     with GitHTTPServer({"ops.git": origin}) as server:
         got = clone(f"{server.url}/ops.git", tmp_path / "c", branch="main")
     assert got == sha
@@ -48,9 +50,11 @@ def test_wrong_token_is_a_clear_error_without_the_token(
     tmp_path: Path, spec_repo: tuple[Path, str]
 ) -> None:
     origin, _ = spec_repo
-    with GitHTTPServer({"ops.git": origin}, token=TOKEN) as server:
-        with pytest.raises(GitSourceError) as caught:
-            clone(f"{server.url}/ops.git", tmp_path / "c", token="wrong-token")
+    with (
+        GitHTTPServer({"ops.git": origin}, token=TOKEN) as server,
+        pytest.raises(GitSourceError) as caught,
+    ):
+        clone(f"{server.url}/ops.git", tmp_path / "c", token="wrong-token")
     message = str(caught.value)
     assert message.startswith(f"cloning {server.url}/ops.git: ")
     assert "wrong-token" not in message and TOKEN not in message
@@ -64,11 +68,15 @@ def test_credentials_in_the_url_never_reach_the_message(tmp_path: Path) -> None:
     assert "http://127.0.0.1:9/ops.git" in str(caught.value)
 
 
-def test_missing_branch_is_an_error(tmp_path: Path, spec_repo: tuple[Path, str]) -> None:
+def test_missing_branch_is_an_error(
+    tmp_path: Path, spec_repo: tuple[Path, str]
+) -> None:
     origin, _ = spec_repo
-    with GitHTTPServer({"ops.git": origin}) as server:
-        with pytest.raises(GitSourceError, match="nope"):
-            clone(f"{server.url}/ops.git", tmp_path / "c", branch="nope")
+    with (
+        GitHTTPServer({"ops.git": origin}) as server,
+        pytest.raises(GitSourceError, match="nope"),
+    ):
+        clone(f"{server.url}/ops.git", tmp_path / "c", branch="nope")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,10 @@ labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
         ("web", "fw-web"),
         ("a", "fw-a"),
         ("twelve-chars", "fw-twelve-chars"),
-        ("thirteen-char", "fw-thir_" + __import__("hashlib").sha256(b"thirteen-char").hexdigest()[:7]),
+        (
+            "thirteen-char",
+            "fw-thir_" + __import__("hashlib").sha256(b"thirteen-char").hexdigest()[:7],
+        ),
     ],
 )
 def test_tap_name_table(service: str, expected: str) -> None:
@@ -47,5 +50,7 @@ def test_hashed_names_never_equal_a_short_name() -> None:
 
 def test_collision_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("nodeagent.naming.tap_name", lambda service: "fw-same")
-    with pytest.raises(TapNameCollision, match="services a and b both map to TAP device fw-same"):
+    with pytest.raises(
+        TapNameCollision, match="services a and b both map to TAP device fw-same"
+    ):
         assign_tap_names(["a", "b"])

@@ -27,7 +27,9 @@ def service(name: str = "web", **fields: Any) -> dict[str, Any]:
 
 
 def errors_of(*services: dict[str, Any], node: Any = "node-1") -> list[str]:
-    config, errors, _ = validate_node_config({"node": node, "services": list(services)}, FILE)
+    config, errors, _ = validate_node_config(
+        {"node": node, "services": list(services)}, FILE
+    )
     assert (config is None) == bool(errors)
     return [str(e) for e in errors]
 
@@ -49,12 +51,30 @@ def test_example_node_config_is_valid() -> None:
         ({"kernel": "vmlinux"}, "kernel: must be an absolute path, got 'vmlinux'"),
         ({"vcpus": 40}, "vcpus: must be between 1 and 32, got 40"),
         ({"memory_mb": 64}, "memory_mb: must be >= 128, got 64"),
-        ({"network": {"interface": "a-very-long-tap-name"}}, "network.interface: 'a-very-long-tap-name' is not a valid interface name"),
-        ({"network": {"interface": "tap;rm -rf"}}, "network.interface: 'tap;rm -rf' is not a valid"),
-        ({"network": {"interface": "t", "guest_mac": "zz"}}, "network.guest_mac: 'zz' is not a MAC address"),
-        ({"network": {"interface": "t", "guest_mac": "01:00:00:00:00:01"}}, "network.guest_mac: '01:00:00:00:00:01' is a multicast MAC address"),
-        ({"network": {"interface": "t", "guest_ip": "300.1.1.1"}}, "network.guest_ip: '300.1.1.1' is not an IPv4 address"),
-        ({"health_check": {"type": "http", "port": 80, "timeout": "5"}}, "health_check.timeout: '5' is not a duration"),
+        (
+            {"network": {"interface": "a-very-long-tap-name"}},
+            "network.interface: 'a-very-long-tap-name' is not a valid interface name",
+        ),
+        (
+            {"network": {"interface": "tap;rm -rf"}},
+            "network.interface: 'tap;rm -rf' is not a valid",
+        ),
+        (
+            {"network": {"interface": "t", "guest_mac": "zz"}},
+            "network.guest_mac: 'zz' is not a MAC address",
+        ),
+        (
+            {"network": {"interface": "t", "guest_mac": "01:00:00:00:00:01"}},
+            "network.guest_mac: '01:00:00:00:00:01' is a multicast MAC address",
+        ),
+        (
+            {"network": {"interface": "t", "guest_ip": "300.1.1.1"}},
+            "network.guest_ip: '300.1.1.1' is not an IPv4 address",
+        ),
+        (
+            {"health_check": {"type": "http", "port": 80, "timeout": "5"}},
+            "health_check.timeout: '5' is not a duration",
+        ),
     ],
 )
 def test_invalid_hand_written_fields(fields: dict[str, Any], expected: str) -> None:
@@ -71,11 +91,17 @@ def test_missing_fields_are_named_each() -> None:
 
 
 def test_service_without_a_name_is_named_by_position() -> None:
-    assert f"{FILE}: service #1: missing name" in errors_of(service("a"), {"image": "/i"})
+    assert f"{FILE}: service #1: missing name" in errors_of(
+        service("a"), {"image": "/i"}
+    )
 
 
 def test_duplicate_names_devices_macs_and_ips_are_errors() -> None:
-    net = {"interface": "tap0", "guest_mac": "AA:FC:00:00:00:01", "guest_ip": "10.0.0.2"}
+    net = {
+        "interface": "tap0",
+        "guest_mac": "AA:FC:00:00:00:01",
+        "guest_ip": "10.0.0.2",
+    }
     errors = errors_of(
         service("a", network=net), service("b", network=net), service("a")
     )
@@ -91,7 +117,10 @@ def test_duplicate_names_devices_macs_and_ips_are_errors() -> None:
     ("data", "expected"),
     [
         ([], f"{FILE}: must be a mapping with node and services"),
-        ({"node": "Node 1", "services": []}, f"{FILE}: node: 'Node 1' is not a DNS name"),
+        (
+            {"node": "Node 1", "services": []},
+            f"{FILE}: node: 'Node 1' is not a DNS name",
+        ),
         ({"node": "n", "services": {"a": 1}}, f"{FILE}: services: must be a list"),
         ({"services": []}, f"{FILE}: missing node"),
     ],

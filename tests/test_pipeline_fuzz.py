@@ -14,13 +14,36 @@ from controlplane.enrichment import run_pipeline
 from nodeagent.spec import validate_node_config
 
 FIELDS = [
-    "name", "image", "node_type", "kernel", "initrd", "vcpus", "memory_mb",
-    "kernel_args", "network", "port_forwards", "env", "links", "health_check",
+    "name",
+    "image",
+    "node_type",
+    "kernel",
+    "initrd",
+    "vcpus",
+    "memory_mb",
+    "kernel_args",
+    "network",
+    "port_forwards",
+    "env",
+    "links",
+    "health_check",
     "metadata",
 ]
 SUB_FIELDS = [
-    "type", "port", "path", "interval", "timeout", "retries", "host_port",
-    "vm_port", "service", "env", "protocol", "interface", "guest_mac", "guest_ip",
+    "type",
+    "port",
+    "path",
+    "interval",
+    "timeout",
+    "retries",
+    "host_port",
+    "vm_port",
+    "service",
+    "env",
+    "protocol",
+    "interface",
+    "guest_mac",
+    "guest_ip",
 ]
 
 scalars = st.one_of(
@@ -32,10 +55,14 @@ scalars = st.one_of(
     st.sampled_from(["web", "/img/a", "10s", "http", "tcp", "..", "/a/../b", "-"]),
     st.dates(),
 )
-keys = st.one_of(st.sampled_from(FIELDS + SUB_FIELDS), st.text(max_size=8), st.integers())
+keys = st.one_of(
+    st.sampled_from(FIELDS + SUB_FIELDS), st.text(max_size=8), st.integers()
+)
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5)
+    ),
     max_leaves=20,
 )
 service_docs = st.dictionaries(st.sampled_from(FIELDS), values, max_size=len(FIELDS))
@@ -73,7 +100,9 @@ fuzz = settings(
 
 @fuzz
 @given(st.lists(documents, max_size=4), st.one_of(st.none(), documents))
-def test_random_documents_give_configs_or_errors(docs: list[Any], defaults: Any) -> None:
+def test_random_documents_give_configs_or_errors(
+    docs: list[Any], defaults: Any
+) -> None:
     files = {f"s{i}.yaml": dump(doc) for i, doc in enumerate(docs)}
     run_on(files, None if defaults is None else dump(defaults))
 
@@ -103,7 +132,9 @@ def test_one_random_field_in_a_valid_spec(field: str, value: Any, nested: str) -
 
 
 @fuzz
-@given(st.one_of(values, st.dictionaries(st.sampled_from(["node", "services"]), values)))
+@given(
+    st.one_of(values, st.dictionaries(st.sampled_from(["node", "services"]), values))
+)
 def test_random_node_configs_never_crash_validation(data: Any) -> None:
     config, errors, _ = validate_node_config(data, "nodes/x.yaml")
     assert (config is None) == bool(errors)

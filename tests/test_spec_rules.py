@@ -24,11 +24,31 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("name too long", {"name": "a" * 64}, "is not a DNS label"),
     ("name leading dash", {"name": "-web"}, "is not a DNS label"),
     ("name not a string", {"name": 7}, "services/web.yaml: name: must be a string"),
-    ("relative image", {"image": "images/web.ext4"}, WEB + "image: must be an absolute path"),
-    ("dotdot image", {"image": "/var/../etc/shadow"}, WEB + "image: must not contain '..'"),
-    ("relative kernel", {"kernel": "vmlinux"}, WEB + "kernel: must be an absolute path"),
-    ("dotdot kernel", {"kernel": "/a/../vmlinux"}, WEB + "kernel: must not contain '..'"),
-    ("relative initrd", {"initrd": "initrd.img"}, WEB + "initrd: must be an absolute path"),
+    (
+        "relative image",
+        {"image": "images/web.ext4"},
+        WEB + "image: must be an absolute path",
+    ),
+    (
+        "dotdot image",
+        {"image": "/var/../etc/shadow"},
+        WEB + "image: must not contain '..'",
+    ),
+    (
+        "relative kernel",
+        {"kernel": "vmlinux"},
+        WEB + "kernel: must be an absolute path",
+    ),
+    (
+        "dotdot kernel",
+        {"kernel": "/a/../vmlinux"},
+        WEB + "kernel: must not contain '..'",
+    ),
+    (
+        "relative initrd",
+        {"initrd": "initrd.img"},
+        WEB + "initrd: must be an absolute path",
+    ),
     ("vcpus zero", {"vcpus": 0}, WEB + "vcpus: must be between 1 and 32, got 0"),
     ("vcpus 33", {"vcpus": 33}, WEB + "vcpus: must be between 1 and 32, got 33"),
     ("vcpus text", {"vcpus": "two"}, WEB + "vcpus: must be an integer (got 'two')"),
@@ -36,15 +56,31 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("vcpus bool", {"vcpus": True}, WEB + "vcpus: must be an integer (got True)"),
     ("memory 127", {"memory_mb": 127}, WEB + "memory_mb: must be >= 128, got 127"),
     ("network text", {"network": "yes"}, WEB + "network: must be true or false"),
-    ("kernel args control", {"kernel_args": "a\nb"}, WEB + "kernel_args: must be printable ASCII"),
-    ("kernel args long", {"kernel_args": "x" * 2049}, WEB + "kernel_args: is 2049 characters"),
+    (
+        "kernel args control",
+        {"kernel_args": "a\nb"},
+        WEB + "kernel_args: must be printable ASCII",
+    ),
+    (
+        "kernel args long",
+        {"kernel_args": "x" * 2049},
+        WEB + "kernel_args: is 2049 characters",
+    ),
     (
         "health type",
         {"health_check": {"type": "udp", "port": 1}},
         WEB + "health_check.type: must be one of 'http' or 'tcp' (got 'udp')",
     ),
-    ("health missing type", {"health_check": {"port": 80}}, WEB + "missing health_check.type"),
-    ("health missing port", {"health_check": {"type": "tcp"}}, WEB + "missing health_check.port"),
+    (
+        "health missing type",
+        {"health_check": {"port": 80}},
+        WEB + "missing health_check.type",
+    ),
+    (
+        "health missing port",
+        {"health_check": {"type": "tcp"}},
+        WEB + "missing health_check.port",
+    ),
     (
         "health port 0",
         {"health_check": {"type": "tcp", "port": 0}},
@@ -86,9 +122,17 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         WEB + "port_forwards: the service has no network",
     ),
     ("port forwards not a list", {"port_forwards": 80}, WEB + "port_forwards: must be"),
-    ("env key digit", {"env": {"1X": "a"}}, WEB + "env.1X: '1X' is not a valid environment"),
+    (
+        "env key digit",
+        {"env": {"1X": "a"}},
+        WEB + "env.1X: '1X' is not a valid environment",
+    ),
     ("env key dash", {"env": {"A-B": "a"}}, WEB + "env.A-B: 'A-B' is not a valid"),
-    ("env value null", {"env": {"A": None}}, WEB + "env.A: must be a string (got None)"),
+    (
+        "env value null",
+        {"env": {"A": None}},
+        WEB + "env.A: must be a string (got None)",
+    ),
     ("env value nested", {"env": {"A": [1]}}, WEB + "env.A: must be a string"),
     ("env not a mapping", {"env": ["A=1"]}, WEB + "env: must be a mapping"),
     (
@@ -112,15 +156,25 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         WEB + "links[0].protocol: 'h t' is not a URL scheme",
     ),
     ("missing node type", {"node_type": DROP}, WEB + "missing node_type"),
-    ("node type with slash", {"node_type": "../x"}, WEB + "node_type: '../x' is not a DNS name"),
-    ("metadata nested", {"metadata": {"a": {"b": 1}}}, WEB + "metadata.a: must be a string"),
+    (
+        "node type with slash",
+        {"node_type": "../x"},
+        WEB + "node_type: '../x' is not a DNS name",
+    ),
+    (
+        "metadata nested",
+        {"metadata": {"a": {"b": 1}}},
+        WEB + "metadata.a: must be a string",
+    ),
 ]
 
 DURATIONS = ["", "10", "10x", "1.5s", "s", "-1s", "1s1m", "1m1m", "10 s", "0s", "0m0s"]
 
 
 def enrich_one(tmp_path: Path, override: dict[str, Any]) -> list[str]:
-    web = {k: v for k, v in {**base_service("web"), **override}.items() if v is not DROP}
+    web = {
+        k: v for k, v in {**base_service("web"), **override}.items() if v is not DROP
+    }
     files = {"web.yaml": web, "api.yaml": base_service("api")}
     result = run_pipeline(write_repo(tmp_path, files))
     assert not result.configs, "a run with errors must produce no node configs"
@@ -164,7 +218,9 @@ def test_every_error_of_every_file_is_collected(tmp_path: Path) -> None:
 
 def test_missing_required_fields_are_named(tmp_path: Path) -> None:
     result = run_pipeline(write_repo(tmp_path, {"web.yaml": {"name": "web"}}))
-    assert [str(e) for e in result.errors] == ["services/web.yaml: service web: missing image"]
+    assert [str(e) for e in result.errors] == [
+        "services/web.yaml: service web: missing image"
+    ]
 
 
 def test_duplicate_names_across_files(tmp_path: Path) -> None:
@@ -177,7 +233,10 @@ def test_duplicate_names_across_files(tmp_path: Path) -> None:
 
 def test_two_services_forwarding_one_host_port(tmp_path: Path) -> None:
     pf = [{"host_port": 80, "vm_port": 8080}]
-    files = [base_service("api", port_forwards=pf), base_service("web", port_forwards=pf)]
+    files = [
+        base_service("api", port_forwards=pf),
+        base_service("web", port_forwards=pf),
+    ]
     result = run_pipeline(write_repo(tmp_path, files))
     assert [str(e) for e in result.errors] == [
         "services/web.yaml: service web: port_forwards.host_port: 80 is also used "
@@ -198,21 +257,27 @@ def test_link_target_must_be_in_the_same_node_type(tmp_path: Path) -> None:
     link = [{"service": "db", "env": "DB", "port": 5432}]
     files = [base_service("web", links=link), base_service("db", node_type="storage")]
     errors = [str(e) for e in run_pipeline(write_repo(tmp_path, files)).errors]
-    assert errors == ["services/web.yaml: service web: links[0].service: no service db here"]
+    assert errors == [
+        "services/web.yaml: service web: links[0].service: no service db here"
+    ]
 
 
 def test_link_target_must_have_a_network(tmp_path: Path) -> None:
     link = [{"service": "db", "env": "DB", "port": 5432}]
     files = [base_service("web", links=link), base_service("db", network=False)]
     errors = [str(e) for e in run_pipeline(write_repo(tmp_path, files)).errors]
-    assert errors == ["services/web.yaml: service web: links[0].service: db has no network"]
+    assert errors == [
+        "services/web.yaml: service web: links[0].service: db has no network"
+    ]
 
 
 def test_link_to_an_invalid_service_is_not_reported_twice(tmp_path: Path) -> None:
     link = [{"service": "db", "env": "DB", "port": 5432}]
     files = [base_service("web", links=link), base_service("db", vcpus=0)]
     errors = [str(e) for e in run_pipeline(write_repo(tmp_path, files)).errors]
-    assert errors == ["services/db.yaml: service db: vcpus: must be between 1 and 32, got 0"]
+    assert errors == [
+        "services/db.yaml: service db: vcpus: must be between 1 and 32, got 0"
+    ]
 
 
 def test_health_check_type_may_come_from_defaults(tmp_path: Path) -> None:
@@ -226,7 +291,10 @@ def test_health_check_type_may_come_from_defaults(tmp_path: Path) -> None:
     [
         ({"vcpus": 99}, "defaults.yaml: vcpus: must be between 1 and 32, got 99"),
         ({"kernel": "vmlinux"}, "defaults.yaml: kernel: must be an absolute path"),
-        ({"health_check": {"interval": "soon"}}, "defaults.yaml: health_check.interval: "),
+        (
+            {"health_check": {"interval": "soon"}},
+            "defaults.yaml: health_check.interval: ",
+        ),
         ({"env": {"9": "x"}}, "defaults.yaml: env.9: '9' is not a valid environment"),
     ],
 )
@@ -275,7 +343,10 @@ def test_oversized_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "warning"),
     [
-        ({"source_image": "nginx"}, "services/web.yaml: service web: unknown field source_image ignored"),
+        (
+            {"source_image": "nginx"},
+            "services/web.yaml: service web: unknown field source_image ignored",
+        ),
         ({"vpcus": 2}, "services/web.yaml: service web: unknown field vpcus ignored"),
         (
             {"health_check": {"type": "tcp", "port": 1, "intervall": "5s"}},

@@ -15,9 +15,11 @@ texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_siz
 leaves = st.one_of(texts, st.integers(-(2**64), 2**64), st.booleans())
 trees = st.recursive(
     leaves,
-    lambda inner: st.dictionaries(texts, inner, max_size=4)
-    | st.lists(st.dictionaries(texts, inner, min_size=1, max_size=3), max_size=3)
-    | st.lists(leaves, max_size=3),
+    lambda inner: (
+        st.dictionaries(texts, inner, max_size=4)
+        | st.lists(st.dictionaries(texts, inner, min_size=1, max_size=3), max_size=3)
+        | st.lists(leaves, max_size=3)
+    ),
     max_leaves=25,
 )
 
@@ -30,25 +32,75 @@ def test_round_trips_through_a_yaml_reader(doc: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["yes", "no", "on", "Off", "true", "null", "~", "", "1", "0x1f", "1_000", "1:30",
-     "1.5", ".inf", "2024-01-01", "<<", "=", "- a", "a: b", "a #b", "#c", "trailing ",
-     "'q'", '"q"', "@x", "`x", "!tag", "&a", "*a", "[x]", "{x}", "x:", "%x", "|", ">"],
+    [
+        "yes",
+        "no",
+        "on",
+        "Off",
+        "true",
+        "null",
+        "~",
+        "",
+        "1",
+        "0x1f",
+        "1_000",
+        "1:30",
+        "1.5",
+        ".inf",
+        "2024-01-01",
+        "<<",
+        "=",
+        "- a",
+        "a: b",
+        "a #b",
+        "#c",
+        "trailing ",
+        "'q'",
+        '"q"',
+        "@x",
+        "`x",
+        "!tag",
+        "&a",
+        "*a",
+        "[x]",
+        "{x}",
+        "x:",
+        "%x",
+        "|",
+        ">",
+    ],
 )
 def test_ambiguous_strings_are_quoted_and_read_back_as_strings(text: str) -> None:
     assert yaml.safe_load(f"k: {scalar(text)}") == {"k": text}
 
 
 @pytest.mark.parametrize(
-    "text", ["web", "/var/lib/images/vmlinux-6.1", "console=ttyS0 reboot=k panic=1",
-             "fw-web", "AA:FC:00:00:00:01", "1.4.2", "http://1.2.3.4:80"],
+    "text",
+    [
+        "web",
+        "/var/lib/images/vmlinux-6.1",
+        "console=ttyS0 reboot=k panic=1",
+        "fw-web",
+        "AA:FC:00:00:00:01",
+        "1.4.2",
+        "http://1.2.3.4:80",
+    ],
 )
 def test_ordinary_strings_stay_plain(text: str) -> None:
     assert scalar(text) == text
 
 
 def test_block_layout_matches_the_contract_examples() -> None:
-    doc = {"node": "n", "services": [{"name": "a", "env": {"K": "v"},
-           "port_forwards": [{"host_port": 1, "vm_port": 2}]}]}
+    doc = {
+        "node": "n",
+        "services": [
+            {
+                "name": "a",
+                "env": {"K": "v"},
+                "port_forwards": [{"host_port": 1, "vm_port": 2}],
+            }
+        ],
+    }
     assert dump(doc) == (
         "node: n\nservices:\n- name: a\n  env:\n    K: v\n"
         "  port_forwards:\n  - host_port: 1\n    vm_port: 2\n"

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controlplane.enrichment.load import Source, SourceFile
 from nodeagent.naming import tap_name
 from nodeagent.spec import (
     Defaults,
@@ -22,6 +23,7 @@ from nodeagent.spec import (
     ServiceSpec,
     check_services,
 )
+from nodeagent.spec.input import split_health_check_off
 from nodeagent.spec.node import (
     FALLBACK_INTERVAL,
     FALLBACK_KERNEL,
@@ -31,9 +33,7 @@ from nodeagent.spec.node import (
     FALLBACK_TIMEOUT,
     FALLBACK_VCPUS,
 )
-from nodeagent.spec.input import split_health_check_off
 from nodeagent.spec.problems import problems_from, sort_problems, unknown_fields
-from controlplane.enrichment.load import Source, SourceFile
 
 _FALLBACKS: dict[str, Any] = {
     "kernel": FALLBACK_KERNEL,

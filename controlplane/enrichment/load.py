@@ -60,9 +60,7 @@ def _read(root: Path, rel: str, is_link: bool) -> tuple[Any, Problem | None]:
         with open(target, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
         if len(raw) > MAX_FILE_BYTES:
-            return None, Problem(
-                rel, "", f"file is larger than {MAX_FILE_BYTES} bytes"
-            )
+            return None, Problem(rel, "", f"file is larger than {MAX_FILE_BYTES} bytes")
     except OSError as exc:
         return None, Problem(rel, "", f"cannot read file: {exc.strerror}")
     return parse_yaml(raw, rel)

@@ -12,15 +12,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import yaml
+from yaml._yaml import CParser  # libyaml: PyYAML's wheels always ship it
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
-
-try:
-    from yaml._yaml import CParser
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    CParser = None
 
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
@@ -30,33 +25,29 @@ _resolver = Resolver()
 
 @functools.lru_cache(maxsize=16384)
 def _resolve_scalar(value: str, plain: bool, quoted: bool) -> str:
-    return str(_resolver.resolve(ScalarNode, value, (plain, quoted)))
+    tag = _resolver.resolve(ScalarNode, value, (plain, quoted))  # type: ignore[no-untyped-call]
+    return str(tag)
 
 
-if CParser is not None:
+class _Composer(CParser, Resolver):
+    """libyaml's parser and composer with a memoised scalar resolver."""
 
-    class _Composer(CParser, Resolver):  # type: ignore[misc, valid-type]
-        """libyaml's parser and composer with a memoised scalar resolver."""
+    def __init__(self, stream: str | bytes) -> None:
+        CParser.__init__(self, stream)
+        Resolver.__init__(self)
 
-        def __init__(self, stream: str | bytes) -> None:
-            CParser.__init__(self, stream)
-            Resolver.__init__(self)
+    # No path resolvers are registered, so the per-node bookkeeping PyYAML does
+    # for them is skipped, and collections get their default tags.
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
 
-        # No path resolvers are registered, so the per-node bookkeeping PyYAML
-        # does for them is skipped, and collections get their default tags.
-        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-            pass
+    def ascend_resolver(self) -> None:
+        pass
 
-        def ascend_resolver(self) -> None:
-            pass
-
-        def resolve(self, kind: type, value: Any, implicit: Any) -> str:
-            if kind is ScalarNode:
-                return _resolve_scalar(value, implicit[0], implicit[1])
-            return _MAP if kind is MappingNode else _SEQ
-
-else:  # pragma: no cover - PyYAML built without libyaml
-    _Composer = yaml.SafeLoader  # type: ignore[assignment, misc]
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        if kind is ScalarNode:
+            return _resolve_scalar(value, implicit[0], implicit[1])
+        return _MAP if kind is MappingNode else _SEQ
 
 
 class _Builder(SafeConstructor):
@@ -74,8 +65,9 @@ class _Builder(SafeConstructor):
         if key in self._done:  # an alias: share the value, as PyYAML does
             return self._done[key]
         if key in self._busy:
-            raise ConstructorError(None, None, "recursive aliases are not supported",
-                                   node.start_mark)
+            raise ConstructorError(
+                None, None, "recursive aliases are not supported", node.start_mark
+            )
         self._busy.add(key)
         if isinstance(node, SequenceNode) and node.tag == _SEQ:
             value: Any = [self.build(child) for child in node.value]
@@ -92,8 +84,9 @@ class _Builder(SafeConstructor):
     def _scalar(self, node: ScalarNode) -> Any:
         make = self.yaml_constructors.get(node.tag)
         if make is None or node.tag in (_MAP, _SEQ):
-            raise ConstructorError(None, None, f"unsupported tag {node.tag}",
-                                   node.start_mark)
+            raise ConstructorError(
+                None, None, f"unsupported tag {node.tag}", node.start_mark
+            )
         return make(self, node)
 
     def _mapping(self, node: MappingNode) -> dict[Any, Any]:
@@ -104,8 +97,9 @@ class _Builder(SafeConstructor):
             try:
                 hash(key)
             except TypeError:
-                raise ConstructorError(None, None, "found an unhashable key",
-                                       key_node.start_mark) from None
+                raise ConstructorError(
+                    None, None, "found an unhashable key", key_node.start_mark
+                ) from None
             out[key] = self.build(value_node)
         return out
 

@@ -16,7 +16,7 @@ from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
 _PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_/.,=+@:\- ]*")
-_ESCAPE = re.compile(r'[^ !#-\[\]-~]')  # everything but printable ASCII, " and \
+_ESCAPE = re.compile(r"[^ !#-\[\]-~]")  # everything but printable ASCII, " and \
 _SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
 _STR_TAG = "tag:yaml.org,2002:str"
 _resolver = Resolver()
@@ -27,8 +27,10 @@ def _escape(match: re.Match[str]) -> str:
     if char in _SHORT:
         return _SHORT[char]
     code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else (
-        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
     )
 
 
@@ -39,7 +41,8 @@ def scalar(text: str) -> str:
         _PLAIN.fullmatch(text)
         and ": " not in text
         and not text.endswith((" ", ":"))
-        and _resolver.resolve(ScalarNode, text, (True, False)) == _STR_TAG
+        and _resolver.resolve(ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        == _STR_TAG
     ):
         return text
     return '"' + _ESCAPE.sub(_escape, text) + '"'

@@ -79,9 +79,12 @@ class HealthCheck(Model):
     @model_validator(mode="before")
     @classmethod
     def _path_for_http(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("type") == "http":
-            if data.get("path") is None:
-                return {**data, "path": FALLBACK_HTTP_PATH}
+        if (
+            isinstance(data, Mapping)
+            and data.get("type") == "http"
+            and data.get("path") is None
+        ):
+            return {**data, "path": FALLBACK_HTTP_PATH}
         return data
 
     @model_validator(mode="after")
@@ -127,7 +130,11 @@ class ServiceConfig(Model):
             return {**data, "network": {"interface": tap_name(name)}}
         if net is False or net is None:
             return {k: v for k, v in data.items() if k != "network"}
-        if isinstance(net, Mapping) and "interface" not in net and isinstance(name, str):
+        if (
+            isinstance(net, Mapping)
+            and "interface" not in net
+            and isinstance(name, str)
+        ):
             return {**data, "network": {**net, "interface": tap_name(name)}}
         return data
 
@@ -209,8 +216,9 @@ def validate_node_config(
         return None, [Problem(file, "", "must be a mapping with node and services")], []
     warnings = [
         Problem(file, "", f"unknown field {path} ignored")
-        for path in unknown_fields(NodeConfig, {k: v for k, v in data.items()
-                                                if k != "services"})
+        for path in unknown_fields(
+            NodeConfig, {k: v for k, v in data.items() if k != "services"}
+        )
     ]
     errors: list[Problem] = []
     node = data.get("node")
@@ -237,7 +245,9 @@ def validate_node_config(
             continue
         if service.name in seen:
             errors.append(
-                Problem(file, label, f"duplicate name (also services[{seen[service.name]}])")
+                Problem(
+                    file, label, f"duplicate name (also services[{seen[service.name]}])"
+                )
             )
             continue
         seen[service.name] = i

@@ -82,9 +82,8 @@ def problems_from(
     """Every error of ``exc`` as a :class:`Problem`, located under ``prefix``."""
     out = []
     for err in exc.errors(include_url=False):
-        err = dict(err)
-        err["loc"] = (*prefix, *err.get("loc", ()))
-        out.append(Problem(file, service, describe_error(err)))
+        located: dict[str, Any] = {**err, "loc": (*prefix, *err["loc"])}
+        out.append(Problem(file, service, describe_error(located)))
     return out
 
 
@@ -128,7 +127,7 @@ def _nested_models(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
-    """The model nested in an annotation like ``list[Link]`` or ``HealthCheck | None``."""
+    """The model nested in an annotation like ``tuple[Link, ...]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):

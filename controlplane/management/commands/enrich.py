@@ -11,6 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.enrichment import PipelineResult, run_pipeline
+from controlplane.envvars import env_secret
 from controlplane.gitsource import GitSourceError, clone, is_git_url
 from controlplane.objectstore import (
     LocalStore,
@@ -19,7 +20,6 @@ from controlplane.objectstore import (
     store_from_env,
 )
 from controlplane.publish import PublishError, publish
-from firework_site.env import env_secret
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ read (``os.environ`` when omitted), and raises :class:`EnvError` naming the vari
 when its value cannot be used. An empty value counts as unset, so that
 ``FOO=`` in a compose file or a systemd unit falls back to the default.
 
-This module must not import Django: the node agent and scripts reuse it.
+This module must not import Django: the object store and scripts reuse it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def _raw(name: str, environ: Mapping[str, str] | None) -> str:
     return source.get(name, "").strip()
 
 
-def env_str(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
+def env_str(
+    name: str, default: str = "", environ: Mapping[str, str] | None = None
+) -> str:
     """The value of ``name`` with surrounding whitespace removed, or ``default``."""
     return _raw(name, environ) or default
 
@@ -48,7 +50,9 @@ def env_int(name: str, default: int, environ: Mapping[str, str] | None = None) -
         raise EnvError(f"{name}: must be an integer (got {value!r})") from None
 
 
-def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+def env_bool(
+    name: str, default: bool, environ: Mapping[str, str] | None = None
+) -> bool:
     """The value of ``name`` as true/false, 1/0, yes/no or on/off, any case."""
     value = _raw(name, environ).lower()
     if not value:

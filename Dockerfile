@@ -1,0 +1,36 @@
+# The control plane image, used by both the web and the Celery worker services
+# of docker-compose.yml. The node agent runs on KVM hosts, not in this image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # templates/ and static/ sit beside the code in /app, so import the project
+    # from there rather than from the copy pip puts in site-packages.
+    PYTHONPATH=/app \
+    FIREWORK_VAR_DIR=/var/lib/firework
+
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY nodeagent ./nodeagent
+COPY controlplane ./controlplane
+COPY firework_site ./firework_site
+# psycopg: DATABASE_URL points at PostgreSQL here, and the server extra does
+# not bring a driver for it (yet).
+RUN pip install '.[server]' 'psycopg[binary]>=3.2'
+
+COPY manage.py ./
+COPY templates ./templates
+COPY static ./static
+COPY examples ./examples
+
+# Generated secrets (Django's key, the first admin password) go to the volume
+# mounted here; the processes never run as root.
+RUN useradd --system --home-dir /app --shell /usr/sbin/nologin firework \
+    && install -d -o firework -g firework -m 0700 /var/lib/firework
+USER firework
+
+EXPOSE 8000
+CMD ["python", "manage.py", "runserver", "0.0.0.0:8000", "--insecure"]

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set up Firework on this machine and start the control plane (`make run`).
+#
+# Embedded defaults, nothing else to install or start: SQLite and generated
+# secrets in var/, node configs published to a directory (var/objectstore),
+# Celery tasks run in-process. Any variable already set in the environment
+# (DATABASE_URL, FIREWORK_STORE, ...) wins over these defaults.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PORT="${PORT:-8000}"
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.firework-server-installed"
+DEV_STAMP="$VENV/.installed-dev"  # `make test` installed the dev extra, a superset
+VAR_DIR="${FIREWORK_VAR_DIR:-var}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+up_to_date() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+# Install again only when pyproject.toml changed since the last install.
+if ! up_to_date "$STAMP" && ! up_to_date "$DEV_STAMP"; then
+    echo "==> installing Firework with the server extra"
+    "$VENV/bin/python" -m pip install --quiet -e '.[server]'
+    touch "$STAMP"
+fi
+py="$VENV/bin/python"
+
+export FIREWORK_STORE="${FIREWORK_STORE:-local}"
+export FIREWORK_STORE_DIR="${FIREWORK_STORE_DIR:-$PWD/var/objectstore}"
+
+echo "==> migrating the database"
+"$py" manage.py migrate --noinput
+echo "==> ensuring the operator account"
+"$py" manage.py ensure_operator
+echo "==> publishing the example service specs"
+"$py" manage.py enrich examples/enricher-input --publish
+
+user="${FIREWORK_ADMIN_USER:-admin}"
+if [ -n "${FIREWORK_ADMIN_PASSWORD:-}${FIREWORK_ADMIN_PASSWORD_FILE:-}" ]; then
+    password_hint="the password from FIREWORK_ADMIN_PASSWORD"
+elif [ -f "$VAR_DIR/admin-password" ]; then
+    password_hint="the password in $VAR_DIR/admin-password"
+else
+    password_hint="the password you set for that account"
+fi
+cat <<INFO
+
+Firework dashboard: http://127.0.0.1:$PORT/
+Log in as '$user' with $password_hint.
+Stop with Ctrl-C.
+
+INFO
+
+# --insecure serves the dashboard's CSS with DEBUG off; fine on 127.0.0.1 only.
+exec "$py" manage.py runserver "127.0.0.1:$PORT" --insecure
