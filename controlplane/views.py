@@ -21,6 +21,7 @@ from controlplane.objectstore import (
 )
 from controlplane.publish import NODE_SUFFIX, NODES_PREFIX, is_node_config_key
 from nodeagent.spec import NodeConfig, validate_node_config
+from nodeagent.spec.problems import yaml_error
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,10 @@ def _check(key: str, text: str) -> tuple[list[ServiceRow], list[str], list[str]]
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        return [], [f"{key}: not valid YAML: {_yaml_problem(exc)}"], []
+        return [], [f"{key}: {yaml_error(exc)}"], []
     config, errors, warnings = validate_node_config(raw, key)
     services = _service_rows(config) if config else []
     return services, [str(p) for p in errors], [str(p) for p in warnings]
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    # The line and column are enough to find it in the YAML shown below.
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or "cannot parse"
-    if mark is None:
-        return str(problem)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _service_rows(config: NodeConfig) -> list[ServiceRow]:

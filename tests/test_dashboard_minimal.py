@@ -196,8 +196,7 @@ def test_yaml_syntax_error_is_shown_with_its_line(
     assert response.status_code == 200
     (node,) = response.context["nodes"]
     assert len(node.errors) == 1
-    assert node.errors[0].startswith("nodes/compute.yaml: not valid YAML:")
-    assert "line 3" in node.errors[0]
+    assert node.errors[0].startswith("nodes/compute.yaml: invalid YAML (line 3, ")
 
 
 def test_unknown_fields_are_shown_as_warnings(

@@ -14,6 +14,7 @@ import yaml
 
 from controlplane.enrichment import yamlin
 from nodeagent.spec import Problem
+from nodeagent.spec.problems import yaml_error
 
 MAX_FILE_BYTES = 1 << 20
 DEFAULTS_FILE = "defaults.yaml"
@@ -42,14 +43,9 @@ def parse_yaml(text: str | bytes, path: str) -> tuple[Any, Problem | None]:
     """Parse one YAML document; a syntax error becomes a Problem naming the file."""
     try:
         return yamlin.load(text), None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, Problem(path, "", f"invalid YAML{where}: {reason}")
-    except (ValueError, RecursionError) as exc:
-        # libyaml's bindings raise these on some malformed byte sequences
-        return None, Problem(path, "", f"invalid YAML: {exc}")
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # libyaml's bindings raise ValueError on some malformed byte sequences
+        return None, Problem(path, "", yaml_error(exc))
 
 
 def _read(root: Path, rel: str, is_link: bool) -> tuple[Any, Problem | None]:

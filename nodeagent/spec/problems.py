@@ -140,3 +140,11 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
 def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
     """Problems without repeats, grouped by file and service, otherwise as found."""
     return sorted(dict.fromkeys(problems), key=lambda p: (p.file, p.service))
+
+
+def yaml_error(exc: Exception) -> str:
+    """``invalid YAML (line 3, column 1): <what the parser said>``."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    reason = getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]
+    return f"invalid YAML{where}: {reason}"

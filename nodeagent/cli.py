@@ -1,0 +1,76 @@
+"""``firework-agent``: the node agent's command line.
+
+``check`` validates node config files (hand-written ones for the Git store, or
+published ones) with exactly the rules the agent applies before running them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from nodeagent import __version__
+from nodeagent.spec import validate_node_config
+from nodeagent.spec.problems import yaml_error
+
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def check_files(paths: Sequence[Path]) -> int:
+    """Validate each node config; print problems; return the number of errors."""
+    errors = 0
+    for path in paths:
+        try:
+            data = yaml.safe_load(_read(path))
+        except OSError as exc:
+            print(f"error: {path}: {exc.strerror}", file=sys.stderr)
+            errors += 1
+            continue
+        except (ValueError, yaml.YAMLError) as exc:
+            print(f"error: {path}: {yaml_error(exc)}", file=sys.stderr)
+            errors += 1
+            continue
+        config, problems, warnings = validate_node_config(data, str(path))
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        errors += len(problems)
+        if config is not None:
+            names = ", ".join(s.name for s in config.services) or "no services"
+            print(f"{path}: node {config.node}: {names}")
+    return errors
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise OSError(0, f"file is larger than {MAX_CONFIG_BYTES} bytes")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``firework-agent`` argument parser."""
+    parser = argparse.ArgumentParser(prog="firework-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate node config files")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``firework-agent`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return 1 if check_files(args.files) else 0
+    return 2  # argparse rejects unknown commands before this
+
+
+if __name__ == "__main__":
+    sys.exit(main())
