@@ -1,12 +1,14 @@
 """Field types shared by service specs, defaults and node configs.
 
 Every rule lives here once, so the enricher and the agent reject the same input
-with the same words.
+with the same words. The checks are pure functions of one string and the same
+values (kernel paths, env keys) recur in every service, so results are cached.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")
 KERNEL_CMDLINE_MAX = 2048
 
 
+@functools.lru_cache(maxsize=4096)
 def _service_name(value: str) -> str:
     if not DNS_LABEL.fullmatch(value):
         raise ValueError(
@@ -34,6 +37,7 @@ def _service_name(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _dns_name(value: str) -> str:
     labels = value.split(".")
     if len(value) > 253 or not all(DNS_LABEL.fullmatch(label) for label in labels):
@@ -44,6 +48,7 @@ def _dns_name(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _abs_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got {value!r}")
@@ -66,12 +71,14 @@ def _range(low: int, high: int | None) -> AfterValidator:
     return AfterValidator(check)
 
 
+@functools.lru_cache(maxsize=4096)
 def _duration(value: str) -> str:
     if parse_duration(value) <= 0:
         raise ValueError(f"must be longer than zero, got {value!r}")
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _env_key(value: str) -> str:
     if not ENV_KEY.fullmatch(value):
         raise ValueError(
@@ -81,6 +88,7 @@ def _env_key(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _interface(value: str) -> str:
     if not IFACE.fullmatch(value):
         raise ValueError(
@@ -90,6 +98,7 @@ def _interface(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _mac(value: str) -> str:
     if not MAC.fullmatch(value):
         raise ValueError(f"{value!r} is not a MAC address like AA:FC:00:00:00:01")
@@ -98,6 +107,7 @@ def _mac(value: str) -> str:
     return value.upper()
 
 
+@functools.lru_cache(maxsize=4096)
 def _ipv4(value: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
@@ -105,18 +115,21 @@ def _ipv4(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def _http_path(value: str) -> str:
     if not value.startswith("/") or CONTROL.search(value) or " " in value:
         raise ValueError(f"must start with '/' and contain no spaces, got {value!r}")
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _scheme(value: str) -> str:
     if not SCHEME.fullmatch(value):
         raise ValueError(f"{value!r} is not a URL scheme like http or postgres")
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _kernel_args(value: str) -> str:
     if NOT_PRINTABLE_ASCII.search(value):
         bad = sorted(set(NOT_PRINTABLE_ASCII.findall(value)))
@@ -133,6 +146,8 @@ def _kernel_args(value: str) -> str:
 
 def scalar_to_str(value: Any) -> Any:
     """YAML scalars (numbers, booleans, dates) as the strings a user meant."""
+    if type(value) is str:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
