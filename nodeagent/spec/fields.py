@@ -28,16 +28,6 @@ KERNEL_CMDLINE_MAX = 2048
 
 
 @functools.lru_cache(maxsize=4096)
-def _service_name(value: str) -> str:
-    if not DNS_LABEL.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a DNS label (lowercase letters, digits and '-', "
-            "at most 63 characters, starting and ending with a letter or digit)"
-        )
-    return value
-
-
-@functools.lru_cache(maxsize=4096)
 def _dns_name(value: str) -> str:
     labels = value.split(".")
     if len(value) > 253 or not all(DNS_LABEL.fullmatch(label) for label in labels):
@@ -61,6 +51,18 @@ def _abs_path(value: str) -> str:
     return value
 
 
+def _matching(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    """A check that the whole value matches ``pattern``; ``what`` explains it."""
+
+    @functools.lru_cache(maxsize=4096)
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
 def _range(low: int, high: int | None) -> AfterValidator:
     def check(value: int) -> int:
         if value < low or (high is not None and value > high):
@@ -75,26 +77,6 @@ def _range(low: int, high: int | None) -> AfterValidator:
 def _duration(value: str) -> str:
     if parse_duration(value) <= 0:
         raise ValueError(f"must be longer than zero, got {value!r}")
-    return value
-
-
-@functools.lru_cache(maxsize=4096)
-def _env_key(value: str) -> str:
-    if not ENV_KEY.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a valid environment variable name "
-            "([A-Za-z_][A-Za-z0-9_]*)"
-        )
-    return value
-
-
-@functools.lru_cache(maxsize=4096)
-def _interface(value: str) -> str:
-    if not IFACE.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a valid interface name (at most 15 characters: "
-            "letters, digits, '_', '.' and '-')"
-        )
     return value
 
 
@@ -123,19 +105,10 @@ def _http_path(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _scheme(value: str) -> str:
-    if not SCHEME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a URL scheme like http or postgres")
-    return value
-
-
-@functools.lru_cache(maxsize=4096)
 def _kernel_args(value: str) -> str:
     if NOT_PRINTABLE_ASCII.search(value):
         bad = sorted(set(NOT_PRINTABLE_ASCII.findall(value)))
-        raise ValueError(
-            f"must be printable ASCII, found {''.join(bad)!r}".replace("\\", "\\\\")
-        )
+        raise ValueError(f"must be printable ASCII, found {''.join(bad)!r}")
     if len(value) > KERNEL_CMDLINE_MAX:
         raise ValueError(
             f"is {len(value)} characters, the kernel accepts at most "
@@ -158,7 +131,14 @@ def scalar_to_str(value: Any) -> Any:
 
 
 StrictStr = Annotated[str, Strict()]
-ServiceName = Annotated[StrictStr, AfterValidator(_service_name)]
+ServiceName = Annotated[
+    StrictStr,
+    _matching(
+        DNS_LABEL,
+        "a DNS label (lowercase letters, digits and '-', at most 63 characters, "
+        "starting and ending with a letter or digit)",
+    ),
+]
 NodeName = Annotated[StrictStr, AfterValidator(_dns_name)]
 AbsPath = Annotated[StrictStr, AfterValidator(_abs_path)]
 VCpus = Annotated[int, Strict(), _range(1, 32)]
@@ -166,12 +146,22 @@ MemoryMb = Annotated[int, Strict(), _range(128, None)]
 Port = Annotated[int, Strict(), _range(1, 65535)]
 Retries = Annotated[int, Strict(), _range(1, 100)]
 Duration = Annotated[StrictStr, AfterValidator(_duration)]
-EnvKey = Annotated[StrictStr, AfterValidator(_env_key)]
+EnvKey = Annotated[
+    StrictStr,
+    _matching(ENV_KEY, "a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+]
 ScalarText = Annotated[StrictStr, BeforeValidator(scalar_to_str)]
-Interface = Annotated[StrictStr, AfterValidator(_interface)]
+Interface = Annotated[
+    StrictStr,
+    _matching(
+        IFACE,
+        "a valid interface name (at most 15 characters: letters, digits, '_', "
+        "'.' and '-')",
+    ),
+]
 Mac = Annotated[StrictStr, AfterValidator(_mac)]
 IPv4 = Annotated[StrictStr, AfterValidator(_ipv4)]
 HttpPath = Annotated[StrictStr, AfterValidator(_http_path)]
-Scheme = Annotated[StrictStr, AfterValidator(_scheme)]
+Scheme = Annotated[StrictStr, _matching(SCHEME, "a URL scheme like http or postgres")]
 KernelArgs = Annotated[StrictStr, AfterValidator(_kernel_args)]
 StrictBool = Annotated[bool, Strict()]
