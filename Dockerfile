@@ -17,9 +17,7 @@ COPY pyproject.toml README.md ./
 COPY nodeagent ./nodeagent
 COPY controlplane ./controlplane
 COPY firework_site ./firework_site
-# psycopg: DATABASE_URL points at PostgreSQL here, and the server extra does
-# not bring a driver for it (yet).
-RUN pip install '.[server]' 'psycopg[binary]>=3.2'
+RUN pip install '.[server]'
 
 COPY manage.py ./
 COPY templates ./templates
