@@ -219,7 +219,8 @@ def test_every_error_of_every_file_is_collected(tmp_path: Path) -> None:
 def test_missing_required_fields_are_named(tmp_path: Path) -> None:
     result = run_pipeline(write_repo(tmp_path, {"web.yaml": {"name": "web"}}))
     assert [str(e) for e in result.errors] == [
-        "services/web.yaml: service web: missing image"
+        "services/web.yaml: service web: missing image",
+        "services/web.yaml: service web: missing node_type",
     ]
 
 
@@ -367,3 +368,13 @@ def test_unknown_fields_are_warned_about_and_left_out(
     text = result.configs["general-purpose"]
     for key in ("source_image", "vpcus", "intervall", "proto"):
         assert key not in text
+
+
+def test_errors_found_only_after_the_merge_come_in_the_same_run(tmp_path: Path) -> None:
+    spec = base_service("web", vcpus=0, image="rel", health_check={"port": 80})
+    result = run_pipeline(write_repo(tmp_path, [spec]))
+    assert [str(e) for e in result.errors] == [
+        "services/web.yaml: service web: image: must be an absolute path, got 'rel'",
+        "services/web.yaml: service web: vcpus: must be between 1 and 32, got 0",
+        "services/web.yaml: service web: missing health_check.type",
+    ]

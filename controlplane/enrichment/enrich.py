@@ -7,6 +7,7 @@ produces no node configs at all.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,8 +92,15 @@ def _label(file: SourceFile) -> str:
     return name if isinstance(name, str) and name else ""
 
 
-def _load_spec(file: SourceFile, out: Enriched) -> tuple[ServiceSpec, bool] | None:
-    """The validated spec and whether it turns the health check off."""
+@dataclass(frozen=True)
+class _Loaded:
+    spec: ServiceSpec
+    health_check_off: bool
+    invalid: frozenset[str]  # top-level fields already reported as invalid
+
+
+def _load_spec(file: SourceFile, out: Enriched) -> _Loaded | None:
+    """The validated spec, or what is left of it without its invalid fields."""
     label = _label(file)
     if not isinstance(file.data, Mapping):
         out.errors.append(Problem(file.path, "", "must be a mapping"))
@@ -100,10 +108,27 @@ def _load_spec(file: SourceFile, out: Enriched) -> tuple[ServiceSpec, bool] | No
     out.warnings.extend(_warn_unknown(ServiceSpec, file, label))
     data, health_check_off = split_health_check_off(file.data)
     try:
-        return ServiceSpec.model_validate(data), health_check_off
+        return _Loaded(ServiceSpec.model_validate(data), health_check_off, frozenset())
     except ValidationError as exc:
         out.errors.extend(problems_from(exc, file.path, label))
+        invalid = frozenset(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+    # Keep checking the rest: errors that only the merge with defaults reveals
+    # (a health check without a type, say) are reported in the same run.
+    if not invalid or "name" in invalid:
         return None
+    kept = {k: v for k, v in data.items() if k not in invalid}
+    if "image" in invalid:
+        kept["image"] = "/"  # stands in for the reported image; never published
+    try:
+        return _Loaded(ServiceSpec.model_validate(kept), health_check_off, invalid)
+    except ValidationError:
+        return None
+
+
+def _field_of(problem: Problem) -> str:
+    """``vcpus`` for ``vcpus: must be ...`` or ``missing vcpus``."""
+    text = problem.message.removeprefix("missing ")
+    return re.split(r"[.:\[ ]", text, maxsplit=1)[0]
 
 
 def _health_check(
@@ -181,7 +206,7 @@ def enrich(source: Source) -> Enriched:
         if loaded is None:
             broken.add(_label(file))
             continue
-        spec, health_check_off = loaded
+        spec = loaded.spec
         if spec.name in files:
             out.errors.append(
                 Problem(
@@ -192,7 +217,14 @@ def enrich(source: Source) -> Enriched:
         files[spec.name] = file.path
         if defaults is None:
             continue  # defaults.yaml is broken: its errors are already reported
-        resolved = enrich_spec(spec, defaults, file.path, out, health_check_off)
+        if loaded.invalid:
+            scratch = Enriched()
+            enrich_spec(spec, defaults, file.path, scratch, loaded.health_check_off)
+            out.errors.extend(
+                p for p in scratch.errors if _field_of(p) not in loaded.invalid
+            )
+            continue
+        resolved = enrich_spec(spec, defaults, file.path, out, loaded.health_check_off)
         if resolved is not None:
             groups.setdefault(resolved[0], []).append(resolved[1])
     valid = {s.name for group in groups.values() for s in group}
