@@ -51,7 +51,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+    # server_close() joins request threads, so none outlives the server (tests
+    # that fork check that this process has a single thread)
+    daemon_threads = False
+    block_on_close = True
 
     def server_bind(self) -> None:
         # skip HTTPServer's reverse DNS lookup of the address (slow without DNS)
@@ -103,6 +106,7 @@ class GitHTTPServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.thread.join()
 
 
 def _token_ok(environ: dict[str, Any], token: str) -> bool:

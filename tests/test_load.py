@@ -1,4 +1,4 @@
-"""Loading specs: the forked helper for large repositories changes nothing."""
+"""Large runs use a forked helper for half the work; the result must not change."""
 
 from __future__ import annotations
 
@@ -8,53 +8,87 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.enrichment import load, run_pipeline
+import controlplane.enrichment as pipeline
+from controlplane.enrichment import fork
 from tests.specrepo import base_service, write_repo
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    services = [base_service(f"svc-{i:03d}", vcpus=1 + i % 3) for i in range(40)]
-    root = write_repo(tmp_path, services)
-    (root / "services" / "broken.yaml").write_text("name: [oops\n")
-    return root
+    services = [
+        base_service(f"svc-{i:03d}", vcpus=1 + i % 3, node_type=f"pool-{i % 3}")
+        for i in range(40)
+    ]
+    link = {"service": "svc-000", "env": "UPSTREAM", "port": 1}
+    services.append(base_service("linker", node_type="pool-0", links=[link]))
+    return write_repo(tmp_path / "repo", services)
 
 
-def test_parallel_parse_gives_the_same_result_as_serial(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    serial = load.load_source(repo)
-    real = load._parse_for_parent
+def run_with_helper(
+    root: Path, marks: Path, monkeypatch: pytest.MonkeyPatch
+) -> pipeline.PipelineResult:
+    real = fork._serve
 
     def marking(*args: object) -> None:
-        (tmp_path / f"helper-{os.getpid()}").touch()  # runs in the forked helper
+        (marks / f"helper-{os.getpid()}").touch()  # runs in the forked helper
         real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(load, "PARALLEL_FROM_FILES", 2)
-    monkeypatch.setattr(load, "_parse_for_parent", marking)
-    parallel = load.load_source(repo)
-    helpers = [p.name for p in tmp_path.glob("helper-*")]
-    assert helpers and helpers != [f"helper-{os.getpid()}"]
-    assert parallel == serial
-    assert [str(e) for e in parallel.errors] == [
+    monkeypatch.setattr(pipeline, "PARALLEL_FROM_SERVICES", 2)
+    monkeypatch.setattr(fork, "_serve", marking)
+    result = pipeline.run_pipeline(root)
+    helpers = {p.name for p in marks.glob("helper-*")}
+    assert helpers and f"helper-{os.getpid()}" not in helpers
+    return result
+
+
+def test_helper_gives_the_same_configs_as_one_process(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serial = pipeline.run_pipeline(repo)
+    assert serial.ok and len(serial.configs) == 3
+    assert run_with_helper(repo, tmp_path, monkeypatch) == serial
+
+
+def test_helper_gives_the_same_errors_as_one_process(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (repo / "services" / "broken.yaml").write_text("name: [oops\n")
+    (repo / "services" / "zz-dup.yaml").write_text(
+        "name: svc-001\nimage: /i\nnode_type: pool-1\n"
+    )
+    serial = pipeline.run_pipeline(repo)
+    assert [str(e) for e in serial.errors] == [
         "services/broken.yaml: invalid YAML (line 2, column 1): "
-        "did not find expected ',' or ']'"
+        "did not find expected ',' or ']'",
+        "services/zz-dup.yaml: service svc-001: duplicate name (also in services/svc-001.yaml)",
     ]
-    assert run_pipeline(repo).errors == parallel.errors
+    assert run_with_helper(repo, tmp_path, monkeypatch) == serial
 
 
-def test_no_fork_while_other_threads_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load, "PARALLEL_FROM_FILES", 2)
+def test_no_helper_while_other_threads_run() -> None:
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        assert not load._can_fork_helper(100)
+        assert not fork.can_fork_helper(100, min_work=2)
     finally:
         stop.set()
         thread.join()
-    assert load._can_fork_helper(100)
+    assert fork.can_fork_helper(100, min_work=2)
 
 
-def test_small_repositories_are_parsed_in_process() -> None:
-    assert not load._can_fork_helper(load.PARALLEL_FROM_FILES - 1)
+def test_small_work_stays_in_process() -> None:
+    assert not fork.can_fork_helper(99, min_work=100)
+
+
+@pytest.mark.parametrize(
+    ("weights", "cut"),
+    [([], 0), ([1], 0), ([1, 1], 1), ([5, 1, 1, 1, 1, 1], 1), ([1, 1, 1, 9], 3)],
+)
+def test_split_point_balances_the_weights(weights: list[int], cut: int) -> None:
+    assert fork.split_point(weights) == cut
+
+
+def test_map_split_keeps_order_and_values() -> None:
+    items = list(range(50))
+    assert fork.map_split(lambda i: i * i, items, min_work=2) == [i * i for i in items]

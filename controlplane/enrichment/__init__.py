@@ -11,8 +11,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane.enrichment.enrich import Enriched, enrich
-from controlplane.enrichment.load import Source, load_source
+from controlplane.enrichment.enrich import (
+    Enriched,
+    SpecOutcome,
+    assemble,
+    enrich,
+    load_defaults,
+    resolve_spec,
+)
+from controlplane.enrichment.fork import map_split
+from controlplane.enrichment.load import (
+    Source,
+    load_defaults_file,
+    load_source,
+    read_service,
+    service_files,
+)
 from controlplane.enrichment.render import content_hash, render_node_config
 from nodeagent.spec import Problem
 
@@ -51,10 +65,31 @@ def run_pipeline(root: Path) -> PipelineResult:
         return _run(root)
 
 
+# Below this many services a helper process costs more than it saves.
+PARALLEL_FROM_SERVICES = 1000
+
+
 def _run(root: Path) -> PipelineResult:
-    enriched = enrich(load_source(root))
+    defaults, found = load_defaults(load_defaults_file(root))
+
+    def resolve(file: tuple[str, bool]) -> SpecOutcome:
+        read = read_service(root, *file)
+        if isinstance(read, Problem):
+            return SpecOutcome(read.file, "", errors=[read])
+        return resolve_spec(read, defaults)
+
+    files = service_files(root)
+    outcomes = map_split(resolve, files, min_work=PARALLEL_FROM_SERVICES)
+    enriched = assemble(outcomes, found)
+    nodes = list(enriched.nodes.values())
+    texts = map_split(
+        render_node_config,
+        nodes,
+        min_work=PARALLEL_FROM_SERVICES,
+        weights=[len(node.services) for node in nodes],
+    )
     return PipelineResult(
-        configs={t: render_node_config(c) for t, c in enriched.nodes.items()},
+        configs=dict(zip(enriched.nodes, texts, strict=True)),
         services={t: [s.name for s in c.services] for t, c in enriched.nodes.items()},
         errors=enriched.errors,
         warnings=enriched.warnings,

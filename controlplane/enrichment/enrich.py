@@ -194,41 +194,86 @@ def enrich_spec(
     return (node_type, config) if node_type else None
 
 
-def enrich(source: Source) -> Enriched:
-    """Validate and enrich a loaded source into one node config per node type."""
-    out = Enriched(errors=list(source.errors))
-    defaults = _load_defaults(source, out)
+@dataclass
+class SpecOutcome:
+    """What one service file gave: its resolved config, or errors; warnings too.
+
+    Picklable cheaply (the config travels as plain data), so a helper process can
+    resolve some of the files of a large repository.
+    """
+
+    path: str
+    label: str
+    name: str | None = None  # the valid service name, even if the spec is broken
+    node_type: str | None = None
+    config: ServiceConfig | None = None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.config is not None:
+            state["config"] = self.config.model_dump()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["config"] is not None:
+            state["config"] = ServiceConfig.model_validate(state["config"])
+        self.__dict__.update(state)
+
+
+def resolve_spec(file: SourceFile, defaults: Defaults | None) -> SpecOutcome:
+    """Validate one service file and resolve it against (valid) defaults."""
+    found = Enriched()
+    outcome = SpecOutcome(file.path, _label(file), errors=found.errors)
+    loaded = _load_spec(file, found)
+    outcome.warnings = found.warnings
+    if loaded is None:
+        return outcome
+    spec = loaded.spec
+    outcome.name = spec.name
+    if defaults is None:
+        return outcome  # defaults.yaml is broken: its errors are reported already
+    if loaded.invalid:
+        scratch = Enriched()
+        enrich_spec(spec, defaults, file.path, scratch, loaded.health_check_off)
+        found.errors.extend(
+            p for p in scratch.errors if _field_of(p) not in loaded.invalid
+        )
+        return outcome
+    resolved = enrich_spec(spec, defaults, file.path, found, loaded.health_check_off)
+    if resolved is not None:
+        outcome.node_type, outcome.config = resolved
+    return outcome
+
+
+def load_defaults(source: Source) -> tuple[Defaults | None, Enriched]:
+    """The validated defaults (None if invalid) and what checking them found."""
+    found = Enriched(errors=list(source.errors))
+    return _load_defaults(source, found), found
+
+
+def assemble(outcomes: list[SpecOutcome], found: Enriched) -> Enriched:
+    """Group resolved services by node type and check the rules across services."""
+    out = found
     files: dict[str, str] = {}
     broken: set[str] = set()  # reported already; links to them say nothing more
     groups: dict[str, list[ServiceConfig]] = {}
-    for file in source.services:
-        loaded = _load_spec(file, out)
-        if loaded is None:
-            broken.add(_label(file))
+    for outcome in outcomes:
+        out.errors.extend(outcome.errors)
+        out.warnings.extend(outcome.warnings)
+        if outcome.name is None:
+            broken.add(outcome.label)
             continue
-        spec = loaded.spec
-        if spec.name in files:
-            out.errors.append(
-                Problem(
-                    file.path, spec.name, f"duplicate name (also in {files[spec.name]})"
-                )
-            )
+        if outcome.name in files:
+            message = f"duplicate name (also in {files[outcome.name]})"
+            out.errors.append(Problem(outcome.path, outcome.name, message))
             continue
-        files[spec.name] = file.path
-        if defaults is None:
-            continue  # defaults.yaml is broken: its errors are already reported
-        if loaded.invalid:
-            scratch = Enriched()
-            enrich_spec(spec, defaults, file.path, scratch, loaded.health_check_off)
-            out.errors.extend(
-                p for p in scratch.errors if _field_of(p) not in loaded.invalid
-            )
+        files[outcome.name] = outcome.path
+        if outcome.config is None or outcome.node_type is None:
+            broken.add(outcome.name)
             continue
-        resolved = enrich_spec(spec, defaults, file.path, out, loaded.health_check_off)
-        if resolved is not None:
-            groups.setdefault(resolved[0], []).append(resolved[1])
-    valid = {s.name for group in groups.values() for s in group}
-    broken |= set(files) - valid
+        groups.setdefault(outcome.node_type, []).append(outcome.config)
     for node_type in sorted(groups):
         services = sorted(groups[node_type], key=lambda s: s.name)
         out.errors.extend(check_services(services, files, broken))
@@ -238,3 +283,9 @@ def enrich(source: Source) -> Enriched:
     if out.errors:
         out.nodes = {}
     return out
+
+
+def enrich(source: Source) -> Enriched:
+    """Validate and enrich a loaded source into one node config per node type."""
+    defaults, found = load_defaults(source)
+    return assemble([resolve_spec(f, defaults) for f in source.services], found)

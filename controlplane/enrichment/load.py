@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +59,8 @@ def _read(root: Path, rel: str, is_link: bool) -> tuple[Any, Problem | None]:
     return parse_yaml(raw, rel)
 
 
-def load_source(root: Path) -> Source:
-    """Read the enricher input under ``root``; other files are ignored."""
+def load_defaults_file(root: Path) -> Source:
+    """A source holding ``defaults.yaml`` (or its error) and no services yet."""
     source = Source()
     defaults = root / DEFAULTS_FILE
     if defaults.is_file():
@@ -72,73 +69,35 @@ def load_source(root: Path) -> Source:
             source.errors.append(problem)
         else:
             source.defaults = SourceFile(DEFAULTS_FILE, data)
+    return source
+
+
+def service_files(root: Path) -> list[tuple[str, bool]]:
+    """``(path relative to root, is a symlink)`` of every service file, sorted."""
     services_dir = root / SERVICES_DIR
     if not services_dir.is_dir():
-        return source
+        return []
     with os.scandir(services_dir) as entries:
-        found = sorted(
+        return sorted(
             (f"{SERVICES_DIR}/{e.name}", e.is_symlink())
             for e in entries
             if e.name.endswith(SERVICE_SUFFIXES) and e.is_file()
         )
-    for (rel, _), (data, problem) in zip(found, _read_all(root, found), strict=True):
-        if problem:
-            source.errors.append(problem)
+
+
+def read_service(root: Path, rel: str, is_link: bool) -> SourceFile | Problem:
+    """One parsed service file, or the problem that stopped it."""
+    data, problem = _read(root, rel, is_link)
+    return problem if problem else SourceFile(rel, data)
+
+
+def load_source(root: Path) -> Source:
+    """Read the enricher input under ``root``; other files are ignored."""
+    source = load_defaults_file(root)
+    for rel, is_link in service_files(root):
+        read = read_service(root, rel, is_link)
+        if isinstance(read, Problem):
+            source.errors.append(read)
         else:
-            source.services.append(SourceFile(rel, data))
+            source.services.append(read)
     return source
-
-
-_Files = list[tuple[str, bool]]
-_Parsed = list[tuple[Any, Problem | None]]
-
-
-def _read_many(root: Path, files: _Files) -> _Parsed:
-    return [_read(root, rel, is_link) for rel, is_link in files]
-
-
-def _read_all(root: Path, files: _Files) -> _Parsed:
-    """Parse every file; large repositories use a second process for half of them.
-
-    Parsing is most of a run and holds the GIL, so only a process helps. Forking is
-    safe only while this process has a single thread; otherwise, or on a single
-    core, everything is parsed here.
-    """
-    if not _can_fork_helper(len(files)):
-        return _read_many(root, files)
-    half = len(files) // 2
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    helper = context.Process(
-        target=_parse_for_parent, args=(root, files[half:], sender), daemon=True
-    )
-    helper.start()
-    sender.close()
-    first = _read_many(root, files[:half])
-    try:
-        second: _Parsed = receiver.recv()
-    except (EOFError, OSError):  # the helper died: do its share here
-        second = _read_many(root, files[half:])
-    finally:
-        receiver.close()
-        helper.join()
-    return first + second
-
-
-PARALLEL_FROM_FILES = 1000
-
-
-def _can_fork_helper(count: int) -> bool:
-    return (
-        count >= PARALLEL_FROM_FILES
-        and (os.cpu_count() or 1) > 1
-        and threading.active_count() == 1
-        and "fork" in multiprocessing.get_all_start_methods()
-    )
-
-
-def _parse_for_parent(root: Path, files: _Files, sender: Connection) -> None:
-    try:
-        sender.send(_read_many(root, files))
-    finally:
-        sender.close()
