@@ -146,3 +146,10 @@ def test_link_rules_apply_to_hand_written_configs() -> None:
     assert errors_of(service(links=link)) == [
         f"{FILE}: service web: links[0].service: no service db here"
     ]
+
+
+def test_link_to_an_invalid_service_is_reported_once() -> None:
+    link = [{"service": "db", "env": "DB", "port": 1}]
+    assert errors_of(service(links=link), service("db", vcpus=0)) == [
+        f"{FILE}: service db: vcpus: must be between 1 and 32, got 0"
+    ]

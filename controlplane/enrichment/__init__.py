@@ -15,7 +15,6 @@ from controlplane.enrichment.enrich import (
     Enriched,
     SpecOutcome,
     assemble,
-    enrich,
     load_defaults,
     resolve_spec,
 )
@@ -23,7 +22,6 @@ from controlplane.enrichment.fork import map_split
 from controlplane.enrichment.load import (
     Source,
     load_defaults_file,
-    load_source,
     read_service,
     service_files,
 )
@@ -101,8 +99,6 @@ __all__ = [
     "PipelineResult",
     "Source",
     "content_hash",
-    "enrich",
-    "load_source",
     "render_node_config",
     "run_pipeline",
 ]

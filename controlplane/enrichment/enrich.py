@@ -283,9 +283,3 @@ def assemble(outcomes: list[SpecOutcome], found: Enriched) -> Enriched:
     if out.errors:
         out.nodes = {}
     return out
-
-
-def enrich(source: Source) -> Enriched:
-    """Validate and enrich a loaded source into one node config per node type."""
-    defaults, found = load_defaults(source)
-    return assemble([resolve_spec(f, defaults) for f in source.services], found)

@@ -1,4 +1,8 @@
-"""Step 1 of the pipeline: read ``defaults.yaml`` and ``services/*.yaml``."""
+"""Step 1 of the pipeline: read ``defaults.yaml`` and ``services/*.yaml``.
+
+Other files are ignored; service files are read one by one (see ``read_service``)
+so that large repositories can be split between processes.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +33,9 @@ class SourceFile:
 
 @dataclass
 class Source:
-    """The enricher's whole input, as read from one directory."""
+    """``defaults.yaml`` as read from a repository, or the errors reading it."""
 
     defaults: SourceFile | None = None
-    services: list[SourceFile] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)
 
 
@@ -89,15 +92,3 @@ def read_service(root: Path, rel: str, is_link: bool) -> SourceFile | Problem:
     """One parsed service file, or the problem that stopped it."""
     data, problem = _read(root, rel, is_link)
     return problem if problem else SourceFile(rel, data)
-
-
-def load_source(root: Path) -> Source:
-    """Read the enricher input under ``root``; other files are ignored."""
-    source = load_defaults_file(root)
-    for rel, is_link in service_files(root):
-        read = read_service(root, rel, is_link)
-        if isinstance(read, Problem):
-            source.errors.append(read)
-        else:
-            source.services.append(read)
-    return source

@@ -232,6 +232,7 @@ def validate_node_config(
         errors.extend(problems_from(exc, file, ""))
     services: list[ServiceConfig] = []
     seen: dict[str, int] = {}
+    broken: set[str] = set()
     for i, raw in enumerate(services_raw):
         label = _label(raw, i)
         warnings.extend(
@@ -242,6 +243,7 @@ def validate_node_config(
             service = ServiceConfig.model_validate(raw)
         except ValidationError as exc:
             errors.extend(problems_from(exc, file, label))
+            broken.add(label)
             continue
         if service.name in seen:
             errors.append(
@@ -252,7 +254,7 @@ def validate_node_config(
             continue
         seen[service.name] = i
         services.append(service)
-    errors.extend(check_services(services, dict.fromkeys(seen, file)))
+    errors.extend(check_services(services, dict.fromkeys(seen, file), broken))
     if errors:
         return None, errors, warnings
     return NodeConfig(node=node, services=tuple(services)), [], warnings
