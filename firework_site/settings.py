@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import django_stubs_ext
+
 from controlplane.envvars import (
     env_bool,
     env_choice,
@@ -26,6 +28,9 @@ from controlplane.envvars import (
     parse_database_url,
 )
 from firework_site.secretfiles import only_loopback, secret_key
+
+# Lets admin and other generic classes be subscripted at run time, as typed.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,6 +59,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "controlplane",
 ]
 
@@ -132,9 +139,31 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
+# The REST API: tokens for automation, the session for the browser. Reading needs
+# a login; writing needs an operator (controlplane.api.permissions).
 REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Firework control plane API",
+    "DESCRIPTION": "Config repositories, enrichment runs and published node configs.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# The GitHub webhook refuses larger bodies before reading them.
+FIREWORK_WEBHOOK_MAX_BYTES = env_int("FIREWORK_WEBHOOK_MAX_BYTES", 5 * 1024 * 1024)
+# Cached clones of config repositories, fetched incrementally by the worker.
+FIREWORK_GIT_CACHE_DIR = Path(
+    env_str("FIREWORK_GIT_CACHE_DIR", str(FIREWORK_VAR_DIR / "git"))
+)
 
 # Request bodies read into memory. Enough for a GitHub push payload of many
 # commits; the webhook view applies its own, explicit cap before reading.

@@ -1,0 +1,63 @@
+"""Requesting enrichment runs: the one way a revision is created and scheduled.
+
+The webhook, the REST API, the dashboard and ``make run`` all call
+:func:`request_run`; the Celery task in :mod:`controlplane.tasks` does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib.auth.models import User
+from django.db import transaction
+
+from controlplane.models import ConfigRepository, Revision
+
+log = logging.getLogger(__name__)
+
+
+def request_run(
+    repository: ConfigRepository,
+    *,
+    trigger: Revision.Trigger,
+    ref: str = "",
+    commit_sha: str = "",
+    delivery_id: str = "",
+    requested_by: User | None = None,
+) -> Revision:
+    """Record a queued revision and schedule its run once the transaction commits.
+
+    ``ref`` defaults to the repository's branch; an empty ``commit_sha`` means the
+    head of ``ref`` when the run starts. Older queued runs of the repository are
+    superseded: only the newest request needs to run.
+    """
+    with transaction.atomic():
+        superseded = Revision.objects.filter(
+            repository=repository, status=Revision.Status.QUEUED
+        ).update(status=Revision.Status.SUPERSEDED)
+        revision = Revision.objects.create(
+            repository=repository,
+            ref=ref or repository.branch,
+            commit_sha=commit_sha,
+            trigger=trigger,
+            delivery_id=delivery_id,
+            requested_by=requested_by,
+        )
+        transaction.on_commit(lambda: _schedule(revision.pk))
+    log.info(
+        "run requested repository=%s revision=%s trigger=%s ref=%s sha=%s "
+        "superseded=%d",
+        repository.name,
+        revision.pk,
+        trigger,
+        revision.ref,
+        commit_sha or "-",
+        superseded,
+    )
+    return revision
+
+
+def _schedule(revision_id: int) -> None:
+    from controlplane.tasks import run_revision  # the task module imports us
+
+    run_revision.delay(revision_id)
