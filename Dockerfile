@@ -30,5 +30,6 @@ RUN useradd --system --home-dir /app --shell /usr/sbin/nologin firework \
     && install -d -o firework -g firework -m 0700 /var/lib/firework
 USER firework
 
+# Static files are served by WhiteNoise straight from /app/static.
 EXPOSE 8000
-CMD ["python", "manage.py", "runserver", "0.0.0.0:8000", "--insecure"]
+CMD ["gunicorn", "firework_site.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]

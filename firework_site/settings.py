@@ -66,6 +66,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -128,6 +129,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = FIREWORK_VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# WhiteNoise serves static files from any WSGI server (gunicorn in the image);
+# finding them in place means `collectstatic` is an optimisation, not a must.
+WHITENOISE_USE_FINDERS = True
 
 # Celery: without a broker, tasks run in the calling process, so a local run
 # needs no Redis. Tasks still record their runs in the database either way.

@@ -36,8 +36,8 @@ echo "==> migrating the database"
 "$py" manage.py migrate --noinput
 echo "==> ensuring the operator account"
 "$py" manage.py ensure_operator
-echo "==> publishing the example service specs"
-"$py" manage.py enrich examples/enricher-input --publish
+echo "==> enriching the example repository (examples/enricher-input)"
+"$py" manage.py setup_example
 
 user="${FIREWORK_ADMIN_USER:-admin}"
 if [ -n "${FIREWORK_ADMIN_PASSWORD:-}${FIREWORK_ADMIN_PASSWORD_FILE:-}" ]; then
@@ -55,5 +55,4 @@ Stop with Ctrl-C.
 
 INFO
 
-# --insecure serves the dashboard's CSS with DEBUG off; fine on 127.0.0.1 only.
-exec "$py" manage.py runserver "127.0.0.1:$PORT" --insecure
+exec "$py" manage.py runserver "127.0.0.1:$PORT"

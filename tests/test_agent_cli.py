@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +13,12 @@ GOLDEN = Path(__file__).parent / "golden" / "nodes"
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("firework-agent") or str(
-        Path(__file__).parent.parent / ".venv" / "bin" / "firework-agent"
+    # the console script installed next to this interpreter by `pip install`
+    exe = Path(sys.executable).with_name("firework-agent")
+    assert exe.exists(), f"{exe} missing: install the project (pip install -e .)"
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, check=False
     )
-    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
 
 
 def test_valid_configs_pass_and_are_summarised() -> None:

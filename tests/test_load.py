@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import os
 import threading
 from pathlib import Path
@@ -92,3 +94,17 @@ def test_split_point_balances_the_weights(weights: list[int], cut: int) -> None:
 def test_map_split_keeps_order_and_values() -> None:
     items = list(range(50))
     assert fork.map_split(lambda i: i * i, items, min_work=2) == [i * i for i in items]
+
+
+def _report_can_fork(queue: multiprocessing.queues.Queue[bool]) -> None:
+    queue.put(fork.can_fork_helper(100, min_work=2))
+
+
+def test_no_helper_inside_a_daemonic_worker_process() -> None:
+    # worker pools run tasks in daemonic processes, which may not have children
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.queues.Queue[bool] = context.Queue()
+    worker = context.Process(target=_report_can_fork, args=(queue,), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert queue.get(timeout=5) is False

@@ -28,6 +28,8 @@ def can_fork_helper(work: int, min_work: int) -> bool:
         and (os.cpu_count() or 1) > 1
         and threading.active_count() == 1
         and "fork" in multiprocessing.get_all_start_methods()
+        # daemonic processes (some worker pools) may not start children
+        and not multiprocessing.current_process().daemon
     )
 
 
@@ -58,7 +60,12 @@ def map_split(
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     helper = context.Process(target=_serve, args=(func, theirs, sender), daemon=True)
-    helper.start()
+    try:
+        helper.start()
+    except (AssertionError, OSError):  # cannot fork here after all: no helper
+        receiver.close()
+        sender.close()
+        return [func(item) for item in items]
     sender.close()
     first = [func(item) for item in mine]
     try:
