@@ -12,6 +12,7 @@ a store is needed (the enrich command, the dashboard, Celery tasks).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
     "controlplane",
 ]
 
@@ -132,6 +134,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # WhiteNoise serves static files from any WSGI server (gunicorn in the image);
 # finding them in place means `collectstatic` is an optimisation, not a must.
 WHITENOISE_USE_FINDERS = True
+# WhiteNoise warns on every start when STATIC_ROOT is missing; an empty one is fine.
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Celery: without a broker, tasks run in the calling process, so a local run
 # needs no Redis. Tasks still record their runs in the database either way.
@@ -160,6 +165,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Config repositories, enrichment runs and published node configs.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # operation ids like repositories_list, tagged by resource, not "v1"
+    "SCHEMA_PATH_PREFIX": r"/api/v[0-9]+",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # The GitHub webhook refuses larger bodies before reading them.

@@ -1,10 +1,16 @@
-"""Large runs use a forked helper for half the work; the result must not change."""
+"""Large runs use a forked helper for half the work; the result must not change.
+
+Whether a helper may be forked depends on the whole process (its threads), so the
+runs with a helper happen in a fresh, single-threaded Python process.
+"""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.queues
-import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +19,28 @@ import pytest
 import controlplane.enrichment as pipeline
 from controlplane.enrichment import fork
 from tests.specrepo import base_service, write_repo
+
+ROOT = Path(__file__).parent.parent
+
+# Runs the pipeline with a helper from 2 services on; prints the result and the
+# pids that served as helpers.
+WITH_HELPER = """
+import json, os, sys
+from pathlib import Path
+import controlplane.enrichment as pipeline
+from controlplane.enrichment import fork
+real = fork._serve
+def marking(*args):
+    Path(sys.argv[2], f"helper-{os.getpid()}").touch()
+    real(*args)
+fork._serve = marking
+pipeline.PARALLEL_FROM_SERVICES = 2
+result = pipeline.run_pipeline(Path(sys.argv[1]))
+print(json.dumps({"configs": result.configs, "services": result.services,
+                  "errors": [str(e) for e in result.errors],
+                  "warnings": [str(w) for w in result.warnings],
+                  "me": os.getpid()}))
+"""
 
 
 @pytest.fixture
@@ -26,48 +54,79 @@ def repo(tmp_path: Path) -> Path:
     return write_repo(tmp_path / "repo", services)
 
 
-def run_with_helper(
-    root: Path, marks: Path, monkeypatch: pytest.MonkeyPatch
-) -> pipeline.PipelineResult:
-    real = fork._serve
-
-    def marking(*args: object) -> None:
-        (marks / f"helper-{os.getpid()}").touch()  # runs in the forked helper
-        real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pipeline, "PARALLEL_FROM_SERVICES", 2)
-    monkeypatch.setattr(fork, "_serve", marking)
-    result = pipeline.run_pipeline(root)
+def run_with_helper(root: Path, marks: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_HELPER, str(root), str(marks)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out: dict[str, object] = json.loads(done.stdout)
     helpers = {p.name for p in marks.glob("helper-*")}
-    assert helpers and f"helper-{os.getpid()}" not in helpers
-    return result
+    assert helpers and f"helper-{out.pop('me')}" not in helpers
+    return out
+
+
+def in_process(root: Path) -> dict[str, object]:
+    result = pipeline.run_pipeline(root)
+    return {
+        "configs": result.configs,
+        "services": result.services,
+        "errors": [str(e) for e in result.errors],
+        "warnings": [str(w) for w in result.warnings],
+    }
 
 
 def test_helper_gives_the_same_configs_as_one_process(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, tmp_path: Path
 ) -> None:
-    serial = pipeline.run_pipeline(repo)
-    assert serial.ok and len(serial.configs) == 3
-    assert run_with_helper(repo, tmp_path, monkeypatch) == serial
+    serial = in_process(repo)
+    assert not serial["errors"] and len(serial["configs"]) == 3  # type: ignore[arg-type]
+    assert run_with_helper(repo, tmp_path) == serial
 
 
 def test_helper_gives_the_same_errors_as_one_process(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, tmp_path: Path
 ) -> None:
     (repo / "services" / "broken.yaml").write_text("name: [oops\n")
     (repo / "services" / "zz-dup.yaml").write_text(
         "name: svc-001\nimage: /i\nnode_type: pool-1\n"
     )
-    serial = pipeline.run_pipeline(repo)
-    assert [str(e) for e in serial.errors] == [
+    serial = in_process(repo)
+    assert serial["errors"] == [
         "services/broken.yaml: invalid YAML (line 2, column 1): "
         "did not find expected ',' or ']'",
         "services/zz-dup.yaml: service svc-001: duplicate name (also in services/svc-001.yaml)",
     ]
-    assert run_with_helper(repo, tmp_path, monkeypatch) == serial
+    assert run_with_helper(repo, tmp_path) == serial
+
+
+THREAD_CHECK = """
+import threading
+from controlplane.enrichment import fork
+alone = fork.can_fork_helper(100, min_work=2)
+stop = threading.Event()
+thread = threading.Thread(target=stop.wait)
+thread.start()
+crowded = fork.can_fork_helper(100, min_work=2)
+stop.set(); thread.join()
+print(alone, crowded)
+"""
 
 
 def test_no_helper_while_other_threads_run() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_CHECK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_no_helper_in_this_process_while_a_thread_runs() -> None:
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
@@ -76,7 +135,6 @@ def test_no_helper_while_other_threads_run() -> None:
     finally:
         stop.set()
         thread.join()
-    assert fork.can_fork_helper(100, min_work=2)
 
 
 def test_small_work_stays_in_process() -> None:
