@@ -10,6 +10,7 @@ import logging
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.utils import timezone
 
 from controlplane.models import ConfigRepository, Revision
 
@@ -58,6 +59,22 @@ def request_run(
 
 
 def _schedule(revision_id: int) -> None:
+    """Hand the run to Celery; if that fails, the revision fails with the reason.
+
+    Called after the commit, from the request that asked for the run: a broker that
+    is down (or, without a broker, an error in the in-process run) must not turn
+    that request into a 500 or leave the revision queued forever.
+    """
     from controlplane.tasks import run_revision  # the task module imports us
 
-    run_revision.delay(revision_id)
+    try:
+        run_revision.delay(revision_id)
+    except Exception as exc:  # any failure to queue is reported on the revision
+        log.exception("run not queued revision=%s", revision_id)
+        Revision.objects.filter(
+            pk=revision_id, status__in=[Revision.Status.QUEUED, Revision.Status.RUNNING]
+        ).update(
+            status=Revision.Status.FAILED,
+            failure=f"the run could not be queued: {type(exc).__name__}",
+            finished_at=timezone.now(),
+        )

@@ -1,14 +1,38 @@
-"""URL routes of the controlplane app."""
+"""URL routes of the controlplane app: the dashboard and ``/healthz``."""
 
 from __future__ import annotations
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, register_converter
 
 from controlplane import views
+from controlplane.dashboard import nodes, repositories, revisions
+
+
+class RowIdConverter:
+    """A database id: at most 18 digits, so it always fits a 64-bit column.
+
+    A longer number would make the database raise (a 500) instead of a 404.
+    """
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(RowIdConverter, "rowid")
 
 app_name = "controlplane"
 
 urlpatterns: list[URLPattern] = [
-    path("", views.index, name="index"),
+    path("", repositories.index, name="index"),
+    path("repositories/<slug:name>/", repositories.repository, name="repository"),
+    path("repositories/<slug:name>/run", repositories.run_now, name="run"),
+    path("revisions/", revisions.revision_list, name="revisions"),
+    path("revisions/<rowid:pk>/", revisions.revision_detail, name="revision"),
+    path("nodes/", nodes.node_types, name="nodes"),
     path("healthz", views.healthz, name="healthz"),
 ]
