@@ -70,7 +70,10 @@ def _schedule(revision_id: int) -> None:
     try:
         run_revision.delay(revision_id)
     except Exception as exc:  # any failure to queue is reported on the revision
-        log.exception("run not queued revision=%s", revision_id)
+        # the type only: a broker's message may quote its URL with credentials
+        log.error(
+            "run not queued revision=%s error=%s", revision_id, type(exc).__name__
+        )
         Revision.objects.filter(
             pk=revision_id, status__in=[Revision.Status.QUEUED, Revision.Status.RUNNING]
         ).update(

@@ -1,7 +1,11 @@
-"""URL routes (filled in by the module's own issue work)."""
+"""URL routes of the webhooks, mounted under ``/webhooks/``."""
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from controlplane.webhook import github_webhook
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("github/", github_webhook, name="github-webhook"),
+]

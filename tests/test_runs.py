@@ -22,18 +22,18 @@ def repository() -> ConfigRepository:
 @pytest.fixture
 def broker_down() -> Iterator[None]:
     """Celery pointed at a loopback port where no broker listens."""
-    conf = celery_app.conf
+    conf, amqp = celery_app.conf, celery_app.amqp
     saved = conf.task_always_eager, conf.broker_url, conf.task_publish_retry
+    pools = celery_app._pool, amqp._producer_pool  # pooled per broker URL
     conf.task_always_eager = False
     conf.broker_url = "redis://127.0.0.1:9/0"  # discard port: connection refused
     conf.task_publish_retry = False
-    celery_app.pool.force_close_all()
-    celery_app._pool = None  # connections are pooled per broker URL
+    celery_app._pool = amqp._producer_pool = None
     try:
         yield
     finally:
         conf.task_always_eager, conf.broker_url, conf.task_publish_retry = saved
-        celery_app._pool = None
+        celery_app._pool, amqp._producer_pool = pools
 
 
 def test_a_run_is_queued_after_the_commit(
