@@ -189,8 +189,12 @@ def _sqlite(parts: SplitResult, base_dir: Path | None, name: str) -> dict[str, A
         raise EnvError(f"{name}: missing the SQLite file path")
     if path != ":memory:" and not Path(path).is_absolute() and base_dir is not None:
         path = str(base_dir / path)
-    return {
-        "ENGINE": SQLITE_ENGINE,
-        "NAME": path,
-        "OPTIONS": dict(parse_qsl(parts.query)),
-    }
+    # The web process and workers write at once: take the write lock when a
+    # transaction starts (no deadlocked upgrades) and wait for it a while.
+    options: dict[str, Any] = {"transaction_mode": "IMMEDIATE", "timeout": 20.0}
+    options |= dict(parse_qsl(parts.query))
+    try:
+        options["timeout"] = float(options["timeout"])  # sqlite3 wants a number
+    except ValueError:
+        raise EnvError(f"{name}: timeout must be a number of seconds") from None
+    return {"ENGINE": SQLITE_ENGINE, "NAME": path, "OPTIONS": options}

@@ -9,6 +9,7 @@ would delete every node config, is refused unless the caller asks for it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from controlplane.enrichment import PipelineResult
@@ -71,9 +72,18 @@ def is_node_config_key(key: str) -> bool:
 
 
 def publish(
-    store: ObjectStore, result: PipelineResult, *, allow_empty: bool = False
+    store: ObjectStore,
+    result: PipelineResult,
+    *,
+    allow_empty: bool = False,
+    owned: Collection[str] | None = None,
 ) -> PublishReport:
     """Write every node config of ``result``, then delete node configs it dropped.
+
+    ``owned`` are the node types this publisher wrote before: only those are
+    deleted when the result drops them, so publishers sharing a store (several
+    repositories) leave each other's configs alone. Without it, every
+    ``nodes/*.yaml`` not in the result is stale.
 
     Raises ``PublishRefused`` (nothing written) for a result with errors, an empty
     result without ``allow_empty``, or a node type that cannot be a key; raises
@@ -83,7 +93,8 @@ def publish(
     report = PublishReport(store=store.describe())
     for node_type in sorted(result.configs):
         report.configs[node_type] = _write(store, node_type, result, report)
-    for key in _stale_keys(store, report):
+    candidates = None if owned is None else {node_config_key(t) for t in owned}
+    for key in _stale_keys(store, report, candidates):
         _delete(store, key, report)
     log.info(
         "published store=%s configs=%d deleted=%d",
@@ -138,7 +149,9 @@ def _write(
     )
 
 
-def _stale_keys(store: ObjectStore, report: PublishReport) -> list[str]:
+def _stale_keys(
+    store: ObjectStore, report: PublishReport, candidates: set[str] | None
+) -> list[str]:
     current = {config.key for config in report.configs.values()}
     try:
         keys = store.list(NODES_PREFIX)
@@ -146,7 +159,8 @@ def _stale_keys(store: ObjectStore, report: PublishReport) -> list[str]:
         raise _failed(
             f"listing {NODES_PREFIX}; nothing deleted: {exc}", report
         ) from exc
-    return [k for k in keys if is_node_config_key(k) and k not in current]
+    stale = [k for k in keys if is_node_config_key(k) and k not in current]
+    return stale if candidates is None else [k for k in stale if k in candidates]
 
 
 def _delete(store: ObjectStore, key: str, report: PublishReport) -> None:

@@ -35,7 +35,7 @@ def request_run(
     with transaction.atomic():
         superseded = Revision.objects.filter(
             repository=repository, status=Revision.Status.QUEUED
-        ).update(status=Revision.Status.SUPERSEDED)
+        ).update(status=Revision.Status.SUPERSEDED, finished_at=timezone.now())
         revision = Revision.objects.create(
             repository=repository,
             ref=ref or repository.branch,

@@ -175,6 +175,12 @@ SPECTACULAR_SETTINGS = {
 
 # The GitHub webhook refuses larger bodies before reading them.
 FIREWORK_WEBHOOK_MAX_BYTES = env_int("FIREWORK_WEBHOOK_MAX_BYTES", 5 * 1024 * 1024)
+# Enrichment runs: attempts and backoff for transient Git/store errors, and how
+# soon a run waiting for its repository (another run holds it) tries again.
+FIREWORK_RUN_MAX_ATTEMPTS = env_int("FIREWORK_RUN_MAX_ATTEMPTS", 5)
+FIREWORK_RUN_RETRY_BASE_SECONDS = env_int("FIREWORK_RUN_RETRY_BASE_SECONDS", 2)
+FIREWORK_RUN_RETRY_MAX_SECONDS = env_int("FIREWORK_RUN_RETRY_MAX_SECONDS", 120)
+FIREWORK_RUN_BUSY_RETRY_SECONDS = env_int("FIREWORK_RUN_BUSY_RETRY_SECONDS", 2)
 # Cached clones of config repositories, fetched incrementally by the worker.
 FIREWORK_GIT_CACHE_DIR = Path(
     env_str("FIREWORK_GIT_CACHE_DIR", str(FIREWORK_VAR_DIR / "git"))

@@ -77,7 +77,13 @@ class GitHTTPServer:
             "127.0.0.1", 0, self.app, server_class=_Server, handler_class=_QuietHandler
         )
         self.requests = 0
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.unavailable = False  # while true, answer 503 as a host in an outage
+        # a short poll interval: shutdown() waits for it, in every test
+        self.thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
@@ -86,6 +92,9 @@ class GitHTTPServer:
     def _with_auth(self, app: Callable[..., Iterable[bytes]], token: str | None):
         def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             self.requests += 1
+            if self.unavailable:
+                start_response("503 Service Unavailable", [("Content-Length", "0")])
+                return [b""]
             if token is not None and not _token_ok(environ, token):
                 start_response(
                     "401 Unauthorized",

@@ -303,7 +303,7 @@ def test_parse_database_url_sqlite(url: str, name: str) -> None:
     assert parsed == {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": name,
-        "OPTIONS": {},
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20.0},
     }
 
 
@@ -312,8 +312,19 @@ def test_parse_database_url_sqlite_relative_without_base_dir_stays_relative() ->
 
 
 def test_parse_database_url_sqlite_options() -> None:
-    parsed = parse_database_url("sqlite:////tmp/db.sqlite3?timeout=20")
-    assert parsed["OPTIONS"] == {"timeout": "20"}
+    parsed = parse_database_url(
+        "sqlite:////tmp/db.sqlite3?timeout=5&init_command=PRAGMA+foreign_keys%3DON"
+    )
+    assert parsed["OPTIONS"] == {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 5.0,
+        "init_command": "PRAGMA foreign_keys=ON",
+    }
+
+
+def test_parse_database_url_sqlite_bad_timeout() -> None:
+    with pytest.raises(EnvError, match="timeout must be a number"):
+        parse_database_url("sqlite:////tmp/db.sqlite3?timeout=soon")
 
 
 @pytest.mark.parametrize(
