@@ -44,17 +44,18 @@ def request_run(
             delivery_id=delivery_id,
             requested_by=requested_by,
         )
+        # logged before the commit: without a broker, the run happens at commit
+        log.info(
+            "run requested repository=%s revision=%s trigger=%s ref=%s sha=%s "
+            "superseded=%d",
+            repository.name,
+            revision.pk,
+            trigger,
+            revision.ref,
+            commit_sha or "-",
+            superseded,
+        )
         transaction.on_commit(lambda: _schedule(revision.pk))
-    log.info(
-        "run requested repository=%s revision=%s trigger=%s ref=%s sha=%s "
-        "superseded=%d",
-        repository.name,
-        revision.pk,
-        trigger,
-        revision.ref,
-        commit_sha or "-",
-        superseded,
-    )
     return revision
 
 
