@@ -1,7 +1,8 @@
 """``firework-agent``: the node agent's command line.
 
 ``check`` validates node config files (hand-written ones for the Git store, or
-published ones) with exactly the rules the agent applies before running them.
+published ones) with exactly the rules the agent applies before running them;
+``check-config`` validates the agent's own configuration.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from nodeagent import __version__
+from nodeagent.config import AgentConfigError, load_agent_config
 from nodeagent.spec import validate_node_config
 from nodeagent.spec.problems import yaml_error
 
@@ -54,6 +56,23 @@ def _read(path: Path) -> bytes:
     return data
 
 
+def check_config(path: Path) -> int:
+    """Validate the agent configuration; print problems or a summary."""
+    try:
+        config, warnings = load_agent_config(path)
+    except AgentConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{path}: node types {', '.join(config.labels)} from the {config.store_type} "
+        f"store every {config.poll_interval}; state in {config.state_dir}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``firework-agent`` argument parser."""
     parser = argparse.ArgumentParser(prog="firework-agent", description=__doc__)
@@ -61,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate node config files")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check_config = commands.add_parser(
+        "check-config", help="validate the agent configuration"
+    )
+    check_config.add_argument("--config", type=Path, required=True, metavar="FILE")
     return parser
 
 
@@ -69,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return 1 if check_files(args.files) else 0
+    if args.command == "check-config":
+        return check_config(args.config)
     return 2  # argparse rejects unknown commands before this
 
 
