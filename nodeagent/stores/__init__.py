@@ -9,6 +9,7 @@ from nodeagent.stores.desired import (
     fetch_raw,
     parse_desired,
 )
+from nodeagent.stores.factory import store_for
 from nodeagent.stores.git import GitConfigStore
 from nodeagent.stores.local import LocalDirStore
 from nodeagent.stores.s3 import S3ConfigStore
@@ -27,4 +28,5 @@ __all__ = [
     "fetch_desired",
     "fetch_raw",
     "parse_desired",
+    "store_for",
 ]
