@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import IO, Any
 
 from tests.fcdouble.guest import StandInBackend
+from tests.fcdouble.schema import definitions
 from tests.fcdouble.vmm import Vmm
 
 EXIT_ARGS = 153  # Firecracker's exit code for an argument parse error
@@ -163,6 +164,11 @@ def main(argv: list[str]) -> int:
     if "FCDOUBLE_EXIT" in os.environ:
         return int(os.environ["FCDOUBLE_EXIT"])
     sock = args.get("--api-sock", "/run/firecracker.socket")
+    try:  # the spec every request is checked against: no spec, no double
+        definitions()
+    except OSError as exc:
+        print(f"fcdouble: cannot read the Firecracker API spec: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGHUP, lambda *_: os._exit(EXIT_SIGHUP))
     if os.environ.get("FCDOUBLE_IGNORE_SIGTERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
