@@ -39,7 +39,7 @@ from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 
-from controlplane.gitsource import TOKEN_USER, redact
+from nodeagent.gitauth import TOKEN_USER, redact
 
 log = logging.getLogger(__name__)
 

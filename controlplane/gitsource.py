@@ -7,17 +7,17 @@ import io
 import logging
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dulwich import porcelain
 from dulwich.client import HTTPUnauthorized
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 
+from nodeagent.gitauth import TOKEN_USER, redact
+
 log = logging.getLogger(__name__)
 
 _REMOTE = re.compile(r"^(https?|git|ssh|file)://", re.IGNORECASE)
-# GitHub accepts any user name with a token as the password; this one is documented.
-TOKEN_USER = "x-access-token"  # noqa: S105 - a user name, not a secret
 
 
 class GitSourceError(Exception):
@@ -27,17 +27,6 @@ class GitSourceError(Exception):
 def is_git_url(source: str) -> bool:
     """True for URLs (``https://``, ``ssh://``, ``file://``) and ``user@host:path``."""
     return bool(_REMOTE.match(source)) or bool(re.match(r"^[\w.-]+@[\w.-]+:", source))
-
-
-def redact(url: str) -> str:
-    """``url`` without any user name or password, safe to log and show."""
-    parts = urlsplit(url)
-    if not parts.username and not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=host))
 
 
 def clone(

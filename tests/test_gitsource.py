@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from controlplane.enrichment import run_pipeline
-from controlplane.gitsource import GitSourceError, clone, is_git_url, redact
+from controlplane.gitsource import GitSourceError, clone, is_git_url
+from nodeagent.gitauth import redact
 from tests.gitserver import GitHTTPServer, commit_tree
 from tests.specrepo import base_service
 

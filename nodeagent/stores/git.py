@@ -14,7 +14,6 @@ import shutil
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from dulwich.client import HTTPUnauthorized, get_transport_and_path
 from dulwich.config import ConfigDict
@@ -23,11 +22,11 @@ from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 
+from nodeagent.gitauth import TOKEN_USER, redact
 from nodeagent.stores.base import Fetched, StoreError, check_size, node_path
 
 log = logging.getLogger(__name__)
 
-TOKEN_USER = "x-access-token"  # noqa: S105 - the user name GitHub expects, no secret
 HTTP_TIMEOUT_SECONDS = 30
 # every fetch adds a pack; past this many reads slow down, so they are merged
 MAX_PACKS = 32
@@ -54,7 +53,7 @@ class GitConfigStore:
         if not branch or not check_ref_format(self.ref):
             raise StoreError(f"not a valid branch name: {branch!r}", transient=False)
         self.branch = branch
-        self.shown = _redact(url)
+        self.shown = redact(url)
         self._last: dict[str, str] = {}
 
     def fetch(self, label: str) -> Fetched:
@@ -159,14 +158,3 @@ def _transient(exc: Exception) -> bool:
     if "unexpected http resp 4" in text:
         return "resp 408" in text or "resp 429" in text
     return True  # network failures and server errors pass
-
-
-def _redact(url: str) -> str:
-    """``url`` without user name or password, safe to log and show."""
-    parts = urlsplit(url)
-    if not parts.username and not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=host))
