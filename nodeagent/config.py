@@ -59,6 +59,17 @@ def _prefix(value: str) -> str:
     return value
 
 
+_STORE_KEYS = {"git": "store_url", "s3": "s3_bucket", "local": "store_dir"}
+
+
+def _missing_store_key(store_type: object, values: Mapping[str, Any]) -> list[str]:
+    """The key that ``store_type`` needs, if ``values`` leave it unset."""
+    key = _STORE_KEYS.get(str(store_type))
+    if key is None or values.get(key):
+        return []
+    return [f"{key}: required when store_type is {store_type}"]
+
+
 def _default_node_name() -> str:
     return socket.gethostname().split(".")[0].lower()
 
@@ -123,11 +134,8 @@ class AgentConfig(Model):
         return self
 
     def _store_problems(self) -> list[str]:
-        needed = {"git": "store_url", "s3": "s3_bucket", "local": "store_dir"}
-        key = needed[self.store_type]
-        if not getattr(self, key):
-            return [f"{key}: required when store_type is {self.store_type}"]
-        return []
+        values = {key: getattr(self, key) for key in _STORE_KEYS.values()}
+        return _missing_store_key(self.store_type, values)
 
     def _network_problems(self) -> list[str]:
         subnet = ipaddress.IPv4Network(self.vm_subnet)
@@ -186,8 +194,12 @@ def parse_agent_config(
     try:
         return AgentConfig.model_validate(data), warnings
     except ValidationError as exc:
-        problems = problems_from(exc, file, "")
-        raise AgentConfigError(_split(problems)) from None
+        problems = _split(problems_from(exc, file, ""))
+    # field errors stop pydantic before the checks across keys: run the store one
+    # on the raw data, so a missing store setting shows up in the same report
+    for message in _missing_store_key(data.get("store_type", "git"), data):
+        problems.append(Problem(file, "", message))
+    raise AgentConfigError(list(dict.fromkeys(problems)))
 
 
 def _split(problems: list[Problem]) -> list[Problem]:

@@ -195,3 +195,10 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert f"error: {bad}: poll_interval: 'soon' is not a duration" in done.stderr
+
+
+def test_store_requirement_is_reported_with_field_errors() -> None:
+    assert problems({"store_type": "s3", "poll_interval": "soon"}) == [
+        "agent.yaml: poll_interval: 'soon' is not a duration like 10s, 1m30s or 500ms",
+        "agent.yaml: s3_bucket: required when store_type is s3",
+    ]
