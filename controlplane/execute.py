@@ -144,10 +144,12 @@ def _claim(revision_id: int) -> Revision | Outcome:
         log.info("run skipped revision=%s status=%s", revision_id, row["status"])
         return Outcome(revision_id, row["status"])
     repository_id: int = row["repository"]
-    now = timezone.now()
     try:
         with transaction.atomic():
             _lock_repository(repository_id)
+            # read the clock only once the lock is held: a claim that waited for
+            # the previous run must not start before that run finished
+            now = timezone.now()
             _fail_abandoned(repository_id, now)
             claimed = _claimable(revision_id, repository_id).update(
                 status=Status.RUNNING,
