@@ -327,10 +327,8 @@ def _finish(
     failure: str = "",
 ) -> Outcome:
     """Record the end of a running revision; with ``report``, what it published."""
-    now = timezone.now()
     fields = {
         "status": status,
-        "finished_at": now,
         "failure": failure,
         "published": report is not None,
         "deleted_keys": list(report.deleted) if report else [],
@@ -339,6 +337,10 @@ def _finish(
         fields["errors"] = _problems(result.errors)
         fields["warnings"] = _problems(result.warnings)
     with transaction.atomic():
+        # the same lock as claims: the next run of the repository can only be
+        # claimed after this end is recorded, and its start time comes later
+        _lock_repository(revision.repository_id)
+        now = fields["finished_at"] = timezone.now()
         updated = Revision.objects.filter(pk=revision.pk, status=Status.RUNNING).update(
             **fields
         )
