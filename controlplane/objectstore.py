@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from controlplane.envvars import EnvError, env_secret
+from nodeagent.atomicfile import write_atomic
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -160,7 +160,7 @@ class LocalStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, data)
+            write_atomic(path, data, temp_suffix=TEMP_SUFFIX)
         except OSError as exc:
             raise ObjectStoreError(f"put {key} in {self.root}: {_reason(exc)}") from exc
         return etag_of(data)
@@ -205,34 +205,6 @@ class LocalStore:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(
-        # A short name: the key's own name may already be near NAME_MAX.
-        dir=path.parent,
-        prefix=f".{path.name[:32]}.",
-        suffix=TEMP_SUFFIX,
-    )
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Without this the rename itself may be lost on power failure.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class S3Store:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nodeagent.atomicfile import write_atomic
 from nodeagent.stores import (
     ConfigInvalid,
     ConfigStore,
@@ -58,7 +57,8 @@ class LastGood:
                 for label in desired.labels
             ],
         }
-        _write_atomic(self.path, json.dumps(document, indent=1).encode())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(document, indent=1).encode())
         log.info("last good config saved revisions=%s", _shown(desired))
 
     def load(self, labels: Sequence[str] | None = None) -> Desired | None:
@@ -163,23 +163,3 @@ class ConfigSource:
 
 def _shown(desired: Desired) -> str:
     return ",".join(f"{k}@{v[:12]}" for k, v in desired.revisions.items())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
