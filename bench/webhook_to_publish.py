@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,14 +31,7 @@ from tests.celerystack import (
     Stack,
     control_plane,
 )
-from tests.conftest import (
-    S3Server,
-    _stop,
-    _wait_until_writable,
-    free_port_with_grpc_twin,
-    free_ports,
-    weed_command,
-)
+from tests.conftest import S3Server, start_s3_server, stop_process_group
 from tests.gitserver import GitHTTPServer, commit_tree
 
 TARGET_P50_SECONDS = 1.0
@@ -77,49 +69,10 @@ class S3:
     """A SeaweedFS S3 server on loopback, as the test suite starts it."""
 
     def __init__(self, workdir: Path) -> None:
-        names = [
-            "s3.port",
-            "s3.port.grpc",
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-        ]
-        ports = dict(zip(names, free_ports(len(names)), strict=True))
-        ports["admin.port"] = free_port_with_grpc_twin(list(ports.values()))
-        self.server = S3Server(
-            endpoint_url=f"http://127.0.0.1:{ports['s3.port']}",
-            access_key="k",
-            secret_key="s",
-            region="us-east-1",
-            log_path=workdir / "weed.log",
-        )
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(workdir),
-            "AWS_ACCESS_KEY_ID": "k",
-            "AWS_SECRET_ACCESS_KEY": "s",
-        }
-        with self.server.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                weed_command(workdir, ports),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-            )
-        try:
-            _wait_until_writable(self.proc, self.server)
-        except BaseException:
-            self.close()
-            raise
+        self.server, self.proc = start_s3_server(workdir)
 
     def close(self) -> None:
-        _stop(self.proc)
+        stop_process_group(self.proc)
 
 
 def wait_for(s3: S3Server, bucket: str, key: str, marker: str) -> None:

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from tests.conftest import free_ports, stop_process_group
+
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -41,30 +43,9 @@ class StackError(RuntimeError):
     """A part of the stack did not start, or a command failed."""
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def _log_tail(path: Path, lines: int = 40) -> str:
     text = path.read_text(errors="replace") if path.exists() else ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    # Each part runs in its own session: signal the group so nothing lingers.
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        proc.wait()
 
 
 def _stop_all(procs: list[subprocess.Popen[Any]]) -> None:
@@ -73,7 +54,7 @@ def _stop_all(procs: list[subprocess.Popen[Any]]) -> None:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 @contextmanager
@@ -82,7 +63,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis-server not found: apt-get install redis-server")
-    port = free_port()
+    (port,) = free_ports(1)
     log_path = workdir / "redis.log"
     command = [
         binary,
@@ -94,7 +75,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
         _wait_for_redis(proc, port, log_path)
         yield f"redis://{HOST}:{port}/0"
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _wait_for_redis(proc: subprocess.Popen[Any], port: int, log_path: Path) -> None:
@@ -204,7 +185,7 @@ def _worker() -> list[str]:
 def processes(env: Mapping[str, str], workers: list[Path], web: Path) -> Iterator[str]:
     """Celery workers (one per log path) and gunicorn, started side by side
     since each takes about a second to come up; yields the web URL."""
-    port = free_port()
+    (port,) = free_ports(1)
     url = f"http://{HOST}:{port}"
     procs = [_spawn(_worker(), env, log) for log in workers]
     procs.append(_spawn(_web(port), env, web))

@@ -201,8 +201,8 @@ def _wait_until_writable(proc: subprocess.Popen[bytes], server: S3Server) -> Non
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    # weed runs in its own session; signal the whole group so nothing lingers.
+def stop_process_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process started in its own session, and all it started."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=STOP_TIMEOUT)
@@ -213,10 +213,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A SeaweedFS S3 server on 127.0.0.1 for the whole session."""
-    data_dir = tmp_path_factory.mktemp("weed")
+def start_s3_server(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """Start SeaweedFS on free loopback ports in ``data_dir``; wait until writable."""
     names = [
         "s3.port",
         "s3.port.grpc",
@@ -255,9 +253,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         )
     try:
         _wait_until_writable(proc, server)
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return server, proc
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server on 127.0.0.1 for the whole session."""
+    server, proc = start_s3_server(tmp_path_factory.mktemp("weed"))
+    try:
         yield server
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 @pytest.fixture

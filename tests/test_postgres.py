@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.conftest import free_ports
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -27,12 +28,6 @@ def _pg_bin(name: str) -> str:
     if not found:
         pytest.fail(f"{name} not found: install Debian's postgresql package (.ci/run)")
     return found[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def postgres() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    (port,) = free_ports(1)
     options = (
         f"-c listen_addresses=127.0.0.1 -c port={port} "
         f"-c unix_socket_directories={sockets} -c fsync=off"
