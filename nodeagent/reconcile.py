@@ -108,12 +108,7 @@ class Action:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, for ``firework-agent plan`` and status."""
-        return {
-            "kind": self.kind,
-            "service": self.service,
-            "reason": self.reason,
-            "fields": list(self.fields),
-        }
+        return _entry_dict(self)
 
 
 @dataclass(frozen=True)
@@ -127,12 +122,16 @@ class MonitorUpdate:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, for ``firework-agent plan`` and status."""
-        return {
-            "kind": self.kind,
-            "service": self.service,
-            "reason": self.reason,
-            "fields": list(self.fields),
-        }
+        return _entry_dict(self)
+
+
+def _entry_dict(entry: Action | MonitorUpdate) -> dict[str, Any]:
+    return {
+        "kind": entry.kind,
+        "service": entry.service,
+        "reason": entry.reason,
+        "fields": list(entry.fields),
+    }
 
 
 @dataclass(frozen=True)
