@@ -171,7 +171,7 @@ def _ask_api(vm_dir: Path, state: vm.VMState, api_timeout: float) -> Found:
         return unresponsive("not_running", f"api reports state {info.get('state')!r}")
     if not isinstance(config, dict):
         return unresponsive("api_error", "vm config is not an object")
-    drift = tuple(_drift(state.spec, config))
+    drift = tuple(_drift(state.api, config))
     return Found(name, vm_dir, "adoptable", "ok", "", state, info, config, drift)
 
 
@@ -185,7 +185,8 @@ def adopt(
 ) -> AdoptionReport:
     """Re-attach to running VMs whose spec hash is the desired one; settle the rest.
 
-    ``desired_specs`` maps service name to ``vm.spec_hash(vm.vm_spec(...))``.
+    ``desired_specs`` maps service name to the hash of the spec it would be
+    started with (:func:`nodeagent.reconcile.spec_hash` with its boot args).
     Adopted VMs keep running untouched. Changed, drifted, unresponsive and
     undesired VMs are stopped; dead, broken and foreign records are removed
     (logs stay). Never raises for a single VM: failures land in ``failed``.
@@ -271,7 +272,10 @@ def _outcome(found: Found) -> Outcome:
 
 def _clean(vm_dir: Path) -> None:
     """Drop what would confuse the next start; the VMM's log stays for post-mortems."""
-    for name in (vm.SOCKET_NAME, vm.STATE_NAME, vm.STATE_NAME + ".tmp"):
+    names = [vm.SOCKET_NAME, vm.STATE_NAME]
+    # temp files of a state write a crash interrupted
+    names += [p.name for p in vm_dir.glob(f".{vm.STATE_NAME}.*.tmp")]
+    for name in names:
         try:
             (vm_dir / name).unlink(missing_ok=True)
         except IsADirectoryError:

@@ -31,6 +31,8 @@ VM_FIELDS = (
 )
 # Fields the agent applies outside the VM: the health monitor and host NAT rules.
 MONITOR_FIELDS = ("health_check", "metadata", "port_forwards")
+# The key of the full kernel command line in an applied spec.
+BOOT_ARGS = "boot_args"
 # Network parts change for different reasons (a renamed TAP, a shifted address),
 # so reasons name the part; elsewhere the field name says enough.
 _SPLIT = frozenset({"network"})
@@ -39,7 +41,7 @@ ActionKind = Literal["create", "remove", "recreate"]
 Named = TypeVar("Named", ServiceConfig, "RunningVM")
 
 
-def vm_spec(service: ServiceConfig) -> dict[str, Any]:
+def vm_spec(service: ServiceConfig, boot_args: str | None = None) -> dict[str, Any]:
     """The part of ``service`` that a running VM cannot change without a restart.
 
     That is the image, kernel, initrd, vCPUs, memory, kernel args, network (TAP,
@@ -52,10 +54,15 @@ def vm_spec(service: ServiceConfig) -> dict[str, Any]:
 
     The result is plain JSON data; the driver records it as the applied spec.
     Pass services as resolved for the node (guest IP and MAC assigned): an
-    address that moves then shows up here as a change.
+    address that moves then shows up here as a change. ``boot_args``, the full
+    kernel command line built from them, is added when given: it also carries
+    what the node adds (gateway, netmask, resolved links).
     """
     data = service.model_dump(mode="json", include=set(VM_FIELDS))
-    return {name: data[name] for name in VM_FIELDS}
+    spec = {name: data[name] for name in VM_FIELDS}
+    if boot_args is not None:
+        spec[BOOT_ARGS] = boot_args
+    return spec
 
 
 def monitor_spec(service: ServiceConfig) -> dict[str, Any]:
@@ -69,16 +76,18 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def spec_hash(service: ServiceConfig) -> str:
+def spec_hash(service: ServiceConfig, boot_args: str | None = None) -> str:
     """sha256 (hex) of the canonical JSON of :func:`vm_spec`.
 
     Stable across runs and Python versions: it depends only on the values, never
-    on dict order or on ``hash()`` randomisation.
+    on dict order or on ``hash()`` randomisation. This is the one hash the agent
+    uses: the driver records it, adoption and the planner compare it.
     """
-    return _hash_of(vm_spec(service))
+    return hash_spec(vm_spec(service, boot_args))
 
 
-def _hash_of(spec: Mapping[str, Any]) -> str:
+def hash_spec(spec: Mapping[str, Any]) -> str:
+    """sha256 (hex) of an applied spec as :func:`vm_spec` returns it."""
     return hashlib.sha256(canonical_json(spec).encode("ascii")).hexdigest()
 
 
@@ -156,6 +165,7 @@ def plan(
     actual: Sequence[RunningVM],
     *,
     monitored: Mapping[str, Mapping[str, Any]] | None = None,
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Plan:
     """Compare desired services with the VMs found on the host.
 
@@ -170,6 +180,10 @@ def plan(
     created or recreated service is set up in full by its action instead, and a
     removed one takes its monitor and NAT rules with it.
 
+    ``specs`` maps a desired service to the applied spec it would be started
+    with (default: :func:`vm_spec` of the service alone); the agent passes the
+    spec with the node's kernel command line, the same one the driver records.
+
     Actions come removes first, then recreates, then creates, each by name.
     """
     wanted = _by_name(desired, "desired")
@@ -183,7 +197,8 @@ def plan(
         if vm is None:
             actions.append(Action("create", name, "new service"))
             continue
-        action = _compare_vm(wanted[name], vm)
+        spec = specs[name] if specs is not None else vm_spec(wanted[name])
+        action = _compare_vm(name, spec, vm)
         if action is not None:
             actions.append(action)
         elif monitored is not None:
@@ -203,19 +218,22 @@ def _by_name(items: Iterable[Named], what: str) -> dict[str, Named]:
     return out
 
 
-def _compare_vm(service: ServiceConfig, vm: RunningVM) -> Action | None:
-    """The recreate ``vm`` needs to match ``service``, if any."""
-    spec = vm_spec(service)
+def _compare_vm(name: str, spec: Mapping[str, Any], vm: RunningVM) -> Action | None:
+    """The recreate ``vm`` needs to match the desired ``spec``, if any."""
     changed: tuple[str, ...] = ()
     if vm.applied is not None:
         changed = changed_fields(vm.applied, spec)
-    elif vm.spec_hash != _hash_of(spec) and vm.alive:
+    elif vm.spec_hash != hash_spec(spec) and vm.alive:
         # Without the record we know that something changed, not what.
-        return Action("recreate", service.name, "spec changed")
+        return Action("recreate", name, "spec changed")
+    # The command line follows from the fields; name it only when nothing else
+    # explains the change (a moved gateway, say).
+    if len(changed) > 1:
+        changed = tuple(f for f in changed if f != BOOT_ARGS)
     if not vm.alive:
-        return Action("recreate", service.name, "not running", changed)
+        return Action("recreate", name, "not running", changed)
     if changed:
-        return Action("recreate", service.name, _reason(changed), changed)
+        return Action("recreate", name, _reason(changed), changed)
     return None
 
 

@@ -9,7 +9,6 @@ reach it, and the agent can be restarted while VMs keep running.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -23,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodeagent.atomicfile import write_atomic
 from nodeagent.firecracker import START_TIMEOUT, FirecrackerAPIError, FirecrackerClient
+from nodeagent.reconcile import hash_spec
+from nodeagent.reconcile import vm_spec as applied_spec
 from nodeagent.spec import ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,11 @@ class VMError(Exception):
 
 @dataclass
 class VMHandle:
-    """A VM this agent started (``process`` is set) or found (``process`` None)."""
+    """A VM this agent started (``process`` is set) or found (``process`` None).
+
+    ``spec`` is the applied spec (:func:`nodeagent.reconcile.vm_spec` with the
+    boot args) and ``spec_hash`` its hash; ``api`` holds the bodies sent.
+    """
 
     service: str
     vm_dir: Path
@@ -56,6 +62,7 @@ class VMHandle:
     socket: str
     spec: dict[str, Any]
     spec_hash: str
+    api: dict[str, Any]
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -69,16 +76,15 @@ class VMState:
     socket: str
     spec: dict[str, Any]
     spec_hash: str
+    api: dict[str, Any]
     alive: bool
 
 
-def vm_spec(
-    service: ServiceConfig,
-    boot_args: str,
-    tap: str | None = None,
-    guest_mac: str | None = None,
-) -> dict[str, Any]:
-    """The API bodies that define a VM; their hash tells whether a VM is current."""
+def api_bodies(service: ServiceConfig, boot_args: str) -> dict[str, Any]:
+    """The API bodies that configure the VM of ``service``, by resource.
+
+    The network interface uses the service's TAP and, when set, its guest MAC.
+    """
     boot: dict[str, Any] = {
         "kernel_image_path": service.kernel,
         "boot_args": boot_args,
@@ -103,18 +109,15 @@ def vm_spec(
         ],
         "network-interfaces": [],
     }
-    if tap is not None:
-        iface: dict[str, Any] = {"iface_id": IFACE_ID, "host_dev_name": tap}
-        if guest_mac is not None:
-            iface["guest_mac"] = guest_mac
+    if service.network is not None:
+        iface: dict[str, Any] = {
+            "iface_id": IFACE_ID,
+            "host_dev_name": service.network.interface,
+        }
+        if service.network.guest_mac is not None:
+            iface["guest_mac"] = service.network.guest_mac
         spec["network-interfaces"].append(iface)
     return spec
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    """A stable sha256 of a :func:`vm_spec` document."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def vm_dir_for(state_dir: Path, service: str) -> Path:
@@ -134,14 +137,13 @@ def start(
     firecracker_bin: str,
     state_dir: Path,
     boot_args: str,
-    tap: str | None = None,
-    guest_mac: str | None = None,
     socket_timeout: float = 5.0,
 ) -> VMHandle:
     """Start a Firecracker for the service, configure it, boot it, record it.
 
-    On any failure the process group is killed and reaped, the VM's directory is
-    removed, and VMError carries Firecracker's own message.
+    Pass the service as resolved for the node: its network carries the TAP and
+    guest MAC to use. On any failure the process group is killed and reaped,
+    the VM's directory is removed, and VMError carries Firecracker's own message.
     """
     name = service.name
     vm_dir = vm_dir_for(state_dir, name)
@@ -150,12 +152,13 @@ def start(
         raise VMError(f"service {name}: socket path {sock} is longer than 107 bytes")
     if len(boot_args.encode()) + CMDLINE_MARGIN > CMDLINE_MAX:
         raise VMError(f"service {name}: kernel command line is too long")
-    spec = vm_spec(service, boot_args, tap, guest_mac)
+    api = api_bodies(service, boot_args)
+    spec = applied_spec(service, boot_args)
     _prepare_dir(vm_dir, sock)
     process = _spawn(firecracker_bin, vm_dir, sock, name)
     try:
         client = _wait_ready(process, sock, name, vm_dir, socket_timeout)
-        _configure(client, spec)
+        _configure(client, api)
         handle = VMHandle(
             service=name,
             vm_dir=vm_dir,
@@ -163,7 +166,8 @@ def start(
             starttime=_starttime(process.pid) or 0,
             socket=sock,
             spec=spec,
-            spec_hash=spec_hash(spec),
+            spec_hash=hash_spec(spec),
+            api=api,
             process=process,
         )
         _write_state(handle)
@@ -261,14 +265,10 @@ def _write_state(handle: VMHandle) -> None:
         "socket": handle.socket,
         "spec": handle.spec,
         "spec_hash": handle.spec_hash,
+        "api": handle.api,
     }
-    path = handle.vm_dir / STATE_NAME
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = json.dumps(state, indent=2, sort_keys=True).encode()
+    write_atomic(handle.vm_dir / STATE_NAME, data, temp_suffix=".tmp")
 
 
 def _read_state(vm_dir: Path) -> VMState | None:
@@ -280,7 +280,14 @@ def _read_state(vm_dir: Path) -> VMState | None:
         sock = str(data["socket"])
         alive = _is_ours(pid, starttime, service, sock)
         return VMState(
-            service, pid, starttime, sock, data["spec"], str(data["spec_hash"]), alive
+            service,
+            pid,
+            starttime,
+            sock,
+            dict(data["spec"]),
+            str(data["spec_hash"]),
+            dict(data["api"]),
+            alive,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent import adopt, vm
+from nodeagent import adopt, reconcile, vm
 from nodeagent.spec import ServiceConfig
 from tests.fcdouble.testing import FIRECRACKER_BIN, alive, kill_group, wait_for
 
@@ -54,7 +54,7 @@ class Host:
         )
 
     def desired_hash(self, short: str, vcpus: int = 1) -> str:
-        return vm.spec_hash(vm.vm_spec(self.service(short, vcpus), BOOT_ARGS))
+        return reconcile.spec_hash(self.service(short, vcpus), BOOT_ARGS)
 
     def start(self, short: str) -> vm.VMHandle:
         handle = vm.start(
@@ -194,6 +194,7 @@ def test_reused_pid_is_foreign_and_never_signalled(host: Host) -> None:
         "socket": str(vm_dir / vm.SOCKET_NAME),
         "spec": {},
         "spec_hash": "h",
+        "api": {},
     }
     (vm_dir / vm.STATE_NAME).write_text(json.dumps(state))
 
@@ -296,7 +297,7 @@ def test_live_config_drift_from_record_is_stopped(host: Host) -> None:
     web = host.start("web")
     path = web.vm_dir / vm.STATE_NAME
     state = json.loads(path.read_text())
-    state["spec"]["machine-config"]["vcpu_count"] = 4
+    state["api"]["machine-config"]["vcpu_count"] = 4
     path.write_text(json.dumps(state))
 
     [found] = adopt.scan(host.state_dir)

@@ -23,6 +23,7 @@ from nodeagent.reconcile import (
     RunningVM,
     canonical_json,
     changed_fields,
+    hash_spec,
     monitor_spec,
     plan,
     run_actions,
@@ -460,3 +461,34 @@ def test_action_as_dict() -> None:
         "reason": "vcpus changed",
         "fields": ["vcpus"],
     }
+
+
+def running_with(spec: dict[str, Any], name: str = "web") -> RunningVM:
+    return RunningVM(name, hash_spec(spec), True, 42, spec)
+
+
+def test_the_node_command_line_is_part_of_the_compared_spec() -> None:
+    service = svc()
+    applied = vm_spec(service, "console=ttyS0 ip=10.0.0.2::10.0.0.1")
+    moved = vm_spec(service, "console=ttyS0 ip=10.0.0.2::10.0.0.254")
+    same = plan([service], [running_with(applied)], specs={"web": applied})
+    assert same.empty
+    [action] = plan([service], [running_with(applied)], specs={"web": moved}).actions
+    assert (action.kind, action.reason) == ("recreate", "boot_args changed")
+
+
+def test_boot_args_are_not_named_when_a_field_explains_the_change() -> None:
+    old = vm_spec(svc(), "console=ttyS0 firework.env.MODE=prod")
+    new = vm_spec(svc(env={"MODE": "dev"}), "console=ttyS0 firework.env.MODE=dev")
+    [action] = plan([svc()], [running_with(old)], specs={"web": new}).actions
+    assert action.reason == "env changed"
+    assert action.fields == ("env",)
+
+
+def test_spec_hash_with_boot_args_is_the_hash_of_the_applied_spec() -> None:
+    service = svc()
+    applied = vm_spec(service, "console=ttyS0")
+    assert applied["boot_args"] == "console=ttyS0"
+    assert spec_hash(service, "console=ttyS0") == hash_spec(applied)
+    assert spec_hash(service) == hash_spec(vm_spec(service))
+    assert spec_hash(service, "console=ttyS0") != spec_hash(service)

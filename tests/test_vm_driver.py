@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent import vm
+from nodeagent import reconcile, vm
 from nodeagent.firecracker import FirecrackerClient
 from nodeagent.spec import ServiceConfig
 from tests.fcdouble.testing import (
@@ -30,7 +30,7 @@ from tests.fcdouble.testing import (
 )
 
 BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init"
-MAC = "06:00:ac:10:00:02"
+MAC = "06:00:AC:10:00:02"
 
 
 class Host:
@@ -63,13 +63,13 @@ class Host:
         return ServiceConfig.model_validate(data)
 
     def start(self, service: ServiceConfig | None = None, **kw: Any) -> vm.VMHandle:
-        options: dict[str, Any] = {"tap": "fw-web", "guest_mac": MAC, **kw}
+        network = {"interface": "fw-web", "guest_mac": MAC}
         handle = vm.start(
-            service or self.service(),
+            service or self.service(network=network),
             firecracker_bin=str(FIRECRACKER_BIN),
             state_dir=self.state_dir,
             boot_args=BOOT_ARGS,
-            **options,
+            **kw,
         )
         self.pids.append(handle.pid)
         return handle
@@ -94,7 +94,10 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
 
 
 def test_start_configures_in_firecracker_order(host: Host) -> None:
-    handle = host.start(host.service(initrd=str(host.root / "initrd.img")))
+    network = {"interface": "fw-web", "guest_mac": MAC}
+    handle = host.start(
+        host.service(initrd=str(host.root / "initrd.img"), network=network)
+    )
     root = str(host.root)
     assert host.calls() == [
         (
@@ -142,7 +145,13 @@ def test_start_records_state_atomically(host: Host) -> None:
     assert state["pid"] == handle.pid
     assert state["socket"] == str(vm_dir / "firecracker.sock")
     assert state["spec"] == handle.spec
-    assert state["spec_hash"] == vm.spec_hash(handle.spec)
+    assert state["spec"]["boot_args"] == BOOT_ARGS
+    assert state["spec"]["network"]["guest_mac"] == MAC
+    assert state["spec_hash"] == reconcile.hash_spec(handle.spec)
+    assert state["spec_hash"] == reconcile.spec_hash(
+        host.service(network={"interface": "fw-web", "guest_mac": MAC}), BOOT_ARGS
+    )
+    assert state["api"]["network-interfaces"][0]["host_dev_name"] == "fw-web"
     proc_stat = Path(f"/proc/{handle.pid}/stat").read_text()
     assert state["starttime"] == int(proc_stat.rsplit(")", 1)[1].split()[19])
     assert not list(vm_dir.glob("*.tmp"))
@@ -155,7 +164,7 @@ def test_vmm_runs_in_its_own_session(host: Host) -> None:
 
 
 def test_without_network_no_interface_is_configured(host: Host) -> None:
-    host.start(tap=None, guest_mac=None)
+    host.start(host.service())
     paths = [path for _, path, _ in host.calls()]
     assert paths == ["/machine-config", "/boot-source", "/drives/rootfs", "/actions"]
 
@@ -252,6 +261,7 @@ def write_state(vm_dir: Path, pid: int, starttime: int, service: str) -> None:
         "socket": str(vm_dir / "firecracker.sock"),
         "spec": {},
         "spec_hash": "x",
+        "api": {},
     }
     (vm_dir / "state.json").write_text(json.dumps(state))
 
@@ -326,11 +336,10 @@ def test_service_names_cannot_escape_the_state_dir(tmp_path: Path, name: str) ->
 
 
 def test_spec_hash_follows_vm_affecting_fields(host: Host) -> None:
-    base = vm.vm_spec(host.service(), BOOT_ARGS, "fw-web", MAC)
-    same = vm.vm_spec(host.service(), BOOT_ARGS, "fw-web", MAC)
-    more = vm.vm_spec(host.service(vcpus=4), BOOT_ARGS, "fw-web", MAC)
-    assert vm.spec_hash(base) == vm.spec_hash(same)
-    assert vm.spec_hash(base) != vm.spec_hash(more)
+    base = reconcile.spec_hash(host.service(), BOOT_ARGS)
+    assert base == reconcile.spec_hash(host.service(), BOOT_ARGS)
+    assert base != reconcile.spec_hash(host.service(vcpus=4), BOOT_ARGS)
+    assert base != reconcile.spec_hash(host.service(), BOOT_ARGS + " quiet")
 
 
 def test_socket_path_over_107_bytes_is_refused_before_any_directory(
