@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nodeagent import vm
+from nodeagent import procs, vm
 from nodeagent.firecracker import FirecrackerAPIError, FirecrackerClient
 from nodeagent.reconcile import RunningVM
 
@@ -115,7 +115,7 @@ def _classify(vm_dir: Path, api_timeout: float) -> Found:
         detail = f"service {name}: state.json names service {state.service}"
         return Found(name, vm_dir, "broken", "name_mismatch", detail, state)
     if not state.alive:
-        if _process_exists(state.pid):
+        if procs.exists(state.pid):
             detail = f"service {name}: pid {state.pid} is not our firecracker"
             return Found(name, vm_dir, "foreign", "pid_reused", detail, state)
         detail = f"service {name}: pid {state.pid} is gone"
@@ -179,6 +179,7 @@ def adopt(
     state_dir: Path,
     desired_specs: Mapping[str, str],
     *,
+    keep: Collection[str] = (),
     api_timeout: float = API_TIMEOUT,
     grace: float = 10.0,
     term_grace: float = 2.0,
@@ -187,14 +188,17 @@ def adopt(
 
     ``desired_specs`` maps service name to the hash of the spec it would be
     started with (:func:`nodeagent.reconcile.spec_hash` with its boot args).
-    Adopted VMs keep running untouched. Changed, drifted, unresponsive and
-    undesired VMs are stopped; dead, broken and foreign records are removed
-    (logs stay). Never raises for a single VM: failures land in ``failed``.
+    Adopted VMs keep running untouched. ``keep`` names desired services whose
+    spec cannot be computed now (say, a link that does not resolve): a live,
+    answering VM of theirs is adopted as it is rather than stopped. Changed,
+    drifted, unresponsive and undesired VMs are stopped; dead, broken and
+    foreign records are removed (logs stay). Never raises for a single VM:
+    failures land in ``failed``.
     """
     report = AdoptionReport()
     for found in scan(state_dir, api_timeout):
         if found.kind in ("adoptable", "unresponsive"):
-            _settle_live(found, desired_specs, report, grace, term_grace)
+            _settle_live(found, desired_specs, keep, report, grace, term_grace)
         elif found.code in ("unrecorded_vmm", "name_mismatch") and _may_be_live(found):
             report.left.append(_outcome(found))
             log.warning("vm left service=%s code=%s", found.service, found.code)
@@ -213,6 +217,7 @@ def adopt(
 def _settle_live(
     found: Found,
     desired_specs: Mapping[str, str],
+    keep: Collection[str],
     report: AdoptionReport,
     grace: float,
     term_grace: float,
@@ -220,6 +225,8 @@ def _settle_live(
     assert found.state is not None  # live kinds always carry their record
     state = found.state
     desired = desired_specs.get(found.service)
+    if found.service in keep and found.kind == "adoptable":
+        desired = state.spec_hash
     if found.kind == "unresponsive":
         outcome = _outcome(found)
     elif desired is None:
@@ -280,17 +287,6 @@ def _clean(vm_dir: Path) -> None:
             (vm_dir / name).unlink(missing_ok=True)
         except IsADirectoryError:
             log.warning("vm clean skipped service=%s path=%s", vm_dir.name, name)
-
-
-def _process_exists(pid: int) -> bool:
-    """Any live process holds the pid (a zombie counts as gone)."""
-    if pid <= 0:
-        return False
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return raw[raw.rindex(")") + 2] not in "ZX"
 
 
 def _peer_pid(sock_path: str, timeout: float) -> int:

@@ -4,12 +4,16 @@ Each VM lives in ``state_dir/vms/<service>/``: the API socket, the VMM's log and
 ``state.json`` (pid, process start time, socket and the applied spec with its
 hash). The VMM runs in its own session so that signals aimed at the agent never
 reach it, and the agent can be restarted while VMs keep running.
+
+With a :class:`~nodeagent.jailer.Jailer`, the jailer execs Firecracker in place
+inside a chroot: the socket then lives in the jail (``state.json`` keeps its
+host path in ``socket`` and the in-jail path from the VMM's argv in
+``api_sock``), and stopping the VM removes the jail.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -18,12 +22,15 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodeagent import procs
 from nodeagent.atomicfile import write_atomic
 from nodeagent.firecracker import START_TIMEOUT, FirecrackerAPIError, FirecrackerClient
+from nodeagent.jailer import API_SOCK, Jailer, JailerError
 from nodeagent.reconcile import hash_spec
 from nodeagent.reconcile import vm_spec as applied_spec
 from nodeagent.spec import ServiceConfig
@@ -53,6 +60,8 @@ class VMHandle:
 
     ``spec`` is the applied spec (:func:`nodeagent.reconcile.vm_spec` with the
     boot args) and ``spec_hash`` its hash; ``api`` holds the bodies sent.
+    ``socket`` is where the agent connects, ``api_sock`` the ``--api-sock`` in
+    the VMM's argv (they differ only in a jail).
     """
 
     service: str
@@ -60,23 +69,31 @@ class VMHandle:
     pid: int
     starttime: int
     socket: str
+    api_sock: str
     spec: dict[str, Any]
     spec_hash: str
     api: dict[str, Any]
     process: subprocess.Popen[bytes] | None = None
+    jailer: Jailer | None = None
 
 
 @dataclass(frozen=True)
 class VMState:
-    """What ``state.json`` records, and whether that VMM is still ours and alive."""
+    """What ``state.json`` records, and whether that VMM is still ours and alive.
+
+    Records written before jailer support have no ``api_sock`` (it equals
+    ``socket``) and no ``jailer``.
+    """
 
     service: str
     pid: int
     starttime: int
     socket: str
+    api_sock: str
     spec: dict[str, Any]
     spec_hash: str
     api: dict[str, Any]
+    jailer: Jailer | None
     alive: bool
 
 
@@ -138,16 +155,22 @@ def start(
     state_dir: Path,
     boot_args: str,
     socket_timeout: float = 5.0,
+    jailer: Jailer | None = None,
 ) -> VMHandle:
     """Start a Firecracker for the service, configure it, boot it, record it.
 
     Pass the service as resolved for the node: its network carries the TAP and
-    guest MAC to use. On any failure the process group is killed and reaped,
-    the VM's directory is removed, and VMError carries Firecracker's own message.
+    guest MAC to use. With a ``jailer``, its ``exec_file`` is the Firecracker
+    that runs, chrooted, and ``firecracker_bin`` is not used. On any failure the
+    process group is killed and reaped, the VM's directory and jail are removed,
+    and VMError carries Firecracker's own message.
     """
     name = service.name
     vm_dir = vm_dir_for(state_dir, name)
     sock = str(vm_dir / SOCKET_NAME)
+    if jailer is not None:
+        with _jail_errors():
+            sock = jailer.socket_path(name)
     if len(sock.encode()) > SUN_PATH_MAX:
         raise VMError(f"service {name}: socket path {sock} is longer than 107 bytes")
     if len(boot_args.encode()) + CMDLINE_MARGIN > CMDLINE_MAX:
@@ -155,7 +178,19 @@ def start(
     api = api_bodies(service, boot_args)
     spec = applied_spec(service, boot_args)
     _prepare_dir(vm_dir, sock)
-    process = _spawn(firecracker_bin, vm_dir, sock, name)
+    if jailer is None:
+        # Separate argv tokens: Firecracker's parser does not accept --flag=value.
+        argv, api_sock = [firecracker_bin, "--api-sock", sock, "--id", name], sock
+    else:
+        with _jail_errors():
+            api = jailer.prepare(name, api)
+        argv, api_sock = jailer.argv(name), API_SOCK
+    try:
+        process = _spawn(argv, vm_dir)
+    except BaseException:
+        if jailer is not None:
+            jailer.discard(name)
+        raise
     try:
         client = _wait_ready(process, sock, name, vm_dir, socket_timeout)
         _configure(client, api)
@@ -163,17 +198,21 @@ def start(
             service=name,
             vm_dir=vm_dir,
             pid=process.pid,
-            starttime=_starttime(process.pid) or 0,
+            starttime=procs.starttime(process.pid) or 0,
             socket=sock,
+            api_sock=api_sock,
             spec=spec,
             spec_hash=hash_spec(spec),
             api=api,
             process=process,
+            jailer=jailer,
         )
         _write_state(handle)
     except BaseException as exc:
         _kill_group(process)
         shutil.rmtree(vm_dir, ignore_errors=True)
+        if jailer is not None:
+            jailer.discard(name)
         if isinstance(exc, FirecrackerAPIError):
             raise VMError(f"service {name}: {exc.fault_message}") from exc
         if isinstance(exc, OSError):
@@ -181,6 +220,15 @@ def start(
         raise
     log.info("vm started service=%s pid=%s hash=%s", name, handle.pid, handle.spec_hash)
     return handle
+
+
+@contextlib.contextmanager
+def _jail_errors() -> Iterator[None]:
+    """A failed jail step is a VMError, like every other start or stop failure."""
+    try:
+        yield
+    except JailerError as exc:
+        raise VMError(str(exc)) from exc
 
 
 def _prepare_dir(vm_dir: Path, sock: str) -> None:
@@ -202,9 +250,7 @@ def _prepare_dir(vm_dir: Path, sock: str) -> None:
     (vm_dir / STATE_NAME).unlink(missing_ok=True)
 
 
-def _spawn(binary: str, vm_dir: Path, sock: str, name: str) -> subprocess.Popen[bytes]:
-    # Separate argv tokens: Firecracker's parser does not accept --flag=value.
-    argv = [binary, "--api-sock", sock, "--id", name]
+def _spawn(argv: list[str], vm_dir: Path) -> subprocess.Popen[bytes]:
     with open(vm_dir / LOG_NAME, "ab") as out:
         return subprocess.Popen(  # noqa: S603 (argv is built from validated parts)
             argv,
@@ -263,9 +309,11 @@ def _write_state(handle: VMHandle) -> None:
         "pid": handle.pid,
         "starttime": handle.starttime,
         "socket": handle.socket,
+        "api_sock": handle.api_sock,
         "spec": handle.spec,
         "spec_hash": handle.spec_hash,
         "api": handle.api,
+        "jailer": handle.jailer.record() if handle.jailer else None,
     }
     data = json.dumps(state, indent=2, sort_keys=True).encode()
     write_atomic(handle.vm_dir / STATE_NAME, data, temp_suffix=".tmp")
@@ -278,19 +326,49 @@ def _read_state(vm_dir: Path) -> VMState | None:
         starttime = int(data["starttime"])
         service = str(data["service"])
         sock = str(data["socket"])
-        alive = _is_ours(pid, starttime, service, sock)
+        api_sock = str(data.get("api_sock") or sock)
+        jail = data.get("jailer")
         return VMState(
-            service,
-            pid,
-            starttime,
-            sock,
-            dict(data["spec"]),
-            str(data["spec_hash"]),
-            dict(data["api"]),
-            alive,
+            service=service,
+            pid=pid,
+            starttime=starttime,
+            socket=sock,
+            api_sock=api_sock,
+            spec=dict(data["spec"]),
+            spec_hash=str(data["spec_hash"]),
+            api=dict(data["api"]),
+            jailer=Jailer.from_record(jail) if jail else None,
+            alive=procs.is_ours(pid, starttime, service, api_sock),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def is_running(handle: VMHandle) -> bool:
+    """Whether the VMM behind ``handle`` still runs; cheap enough for every tick.
+
+    Our own child is asked through its exit status (which also reaps it); an
+    adopted VMM through its pid and start time.
+    """
+    if handle.process is not None:
+        return handle.process.poll() is None
+    return procs.same_process(handle.pid, handle.starttime)
+
+
+def handle_of(state: VMState, state_dir: Path) -> VMHandle:
+    """A handle on a VM found on disk (adopted): no child process to wait for."""
+    return VMHandle(
+        service=state.service,
+        vm_dir=vm_dir_for(state_dir, state.service),
+        pid=state.pid,
+        starttime=state.starttime,
+        socket=state.socket,
+        api_sock=state.api_sock,
+        spec=state.spec,
+        spec_hash=state.spec_hash,
+        api=state.api,
+        jailer=state.jailer,
+    )
 
 
 def inspect(vm_dir: Path) -> VMState | None:
@@ -306,15 +384,18 @@ def stop(
     *,
     grace: float = 10.0,
     term_grace: float = 2.0,
+    jailer: Jailer | None = None,
 ) -> None:
     """Stop a VM: Ctrl-Alt-Del, wait, SIGTERM, wait, SIGKILL, reap; then clean up.
 
     A pid that is no longer our Firecracker (it exited and the pid was reused) is
-    never signalled.
+    never signalled. A jailed VM's jail is removed once its VMM is gone; the
+    jailer recorded at start wins over ``jailer``, which serves a lost record.
     """
     process: subprocess.Popen[bytes] | None = None
     if isinstance(target, VMHandle):
         vm_dir, process = target.vm_dir, target.process
+        jailer = target.jailer or jailer
     else:
         vm_dir = Path(target)
     state = _read_state(vm_dir)
@@ -322,6 +403,10 @@ def stop(
         _shutdown(state, process, grace, term_grace)
     elif process is not None:
         process.poll()  # reap a child that already exited
+    jailer = state.jailer if state is not None else jailer
+    if jailer is not None:
+        with _jail_errors():
+            jailer.remove(vm_dir.name)  # the jail id is the service name
     for name in (SOCKET_NAME, STATE_NAME):
         (vm_dir / name).unlink(missing_ok=True)
 
@@ -344,7 +429,7 @@ def _shutdown(
         if _wait_gone(state, process, grace):
             log.info("vm stopped service=%s pid=%s", state.service, pid)
             return
-        if not _is_ours(pid, state.starttime, state.service, state.socket):
+        if not procs.is_ours(pid, state.starttime, state.service, state.api_sock):
             return
         log.warning(
             "vm escalating service=%s pid=%s signal=%s", state.service, pid, sig.name
@@ -365,18 +450,14 @@ def _wait_gone(
             if process.poll() is not None:
                 return True
         else:
-            _reap(state.pid)
-            if not _is_ours(state.pid, state.starttime, state.service, state.socket):
+            procs.reap(state.pid)
+            if not procs.is_ours(
+                state.pid, state.starttime, state.service, state.api_sock
+            ):
                 return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
-
-
-def _reap(pid: int) -> None:
-    # An adopted VMM is not our child: its parent (or init) reaps it instead.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -384,42 +465,6 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """State letter and start time (clock ticks since boot) of a pid."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses; fields follow the last ")".
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
-
-
-def _starttime(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def _is_ours(pid: int, starttime: int, service: str, sock: str) -> bool:
-    """Alive, not a zombie, same start time, and started for this service's socket."""
-    if pid <= 1:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X") or stat[1] != starttime:
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return _has_pair(argv, b"--id", service.encode()) and _has_pair(
-        argv, b"--api-sock", sock.encode()
-    )
-
-
-def _has_pair(argv: list[bytes], flag: bytes, value: bytes) -> bool:
-    return any(a == flag and b == value for a, b in itertools.pairwise(argv))
 
 
 def _log_tail(path: Path, limit: int = 500) -> str:

@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from nodeagent.spec import ServiceConfig
 from tests.fcdouble.testing import FIRECRACKER_BIN, alive, kill_group, wait_for
 
 BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init"
-FAST = {"grace": 0.3, "term_grace": 0.3}
+FAST: dict[str, Any] = {"grace": 0.3, "term_grace": 0.3}
 
 
 class Host:

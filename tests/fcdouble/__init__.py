@@ -13,4 +13,7 @@ environment so that a driver under test can start it like the real binary:
   namespace (jailer ``--new-pid-ns``), where SIGTERM is dropped.
 - ``FCDOUBLE_BIND_DELAY``: seconds to wait before binding the socket.
 - ``FCDOUBLE_EXIT``: exit at once with this code, before binding.
+- ``FCDOUBLE_CHROOT``: set by the ``jailer`` double (``tests.fcdouble.jailer``):
+  ``--api-sock`` and the files the API names are resolved below this directory,
+  as if the process were chrooted there.
 """

@@ -21,7 +21,17 @@ EXIT_ARGS = 153  # Firecracker's exit code for an argument parse error
 EXIT_SIGHUP = 156
 MAX_PAYLOAD = 51200
 INSTANCE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
-FLAGS_WITH_VALUE = {"--api-sock", "--id", "--log-path", "--level", "--metrics-path"}
+FLAGS_WITH_VALUE = {
+    "--api-sock",
+    "--id",
+    "--log-path",
+    "--level",
+    "--metrics-path",
+    # passed by the jailer (deprecated for anyone else, still accepted)
+    "--start-time-us",
+    "--start-time-cpu-us",
+    "--parent-cpu-time-us",
+}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -41,6 +51,17 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         args[flag] = argv[i + 1]
         i += 2
     return args
+
+
+def in_chroot(chroot: str | None, path: str) -> str:
+    """The host path of ``path`` as a chrooted process would see it.
+
+    As in a real chroot, ``..`` cannot climb above the root.
+    """
+    if chroot is None:
+        return path
+    inside = os.path.normpath(os.path.join("/", path)).lstrip("/")
+    return os.path.join(chroot, inside)
 
 
 def fail_args(message: str) -> None:
@@ -163,7 +184,9 @@ def main(argv: list[str]) -> int:
         os.abort()
     if "FCDOUBLE_EXIT" in os.environ:
         return int(os.environ["FCDOUBLE_EXIT"])
-    sock = args.get("--api-sock", "/run/firecracker.socket")
+    # Under the jailer double, paths are in-jail paths: see tests.fcdouble.jailer.
+    chroot = os.environ.get("FCDOUBLE_CHROOT") or None
+    sock = in_chroot(chroot, args.get("--api-sock", "/run/firecracker.socket"))
     try:  # the spec every request is checked against: no spec, no double
         definitions()
     except OSError as exc:
@@ -178,7 +201,13 @@ def main(argv: list[str]) -> int:
         ignore_cad=os.environ.get("FCDOUBLE_GUEST") == "ignore-cad"
     )
     faults = parse_faults(os.environ.get("FCDOUBLE_FAIL", ""))
-    vmm = Vmm(instance_id, backend, faults, on_guest_exit=lambda _: os._exit(0))
+    vmm = Vmm(
+        instance_id,
+        backend,
+        faults,
+        on_guest_exit=lambda _: os._exit(0),
+        resolve_path=lambda path: in_chroot(chroot, path),
+    )
     try:
         server = ApiServer(sock, vmm, log)
     except OSError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 FIRECRACKER_BIN = Path(__file__).resolve().parent / "firecracker"
+JAILER_BIN = Path(__file__).resolve().parent / "jailer"
 
 
 def double_env(**extra: str) -> dict[str, str]:

@@ -63,8 +63,11 @@ class Vmm:
         backend: GuestBackend,
         faults: dict[str, str],
         on_guest_exit: Callable[[int], None],
+        resolve_path: Callable[[str], str] = lambda path: path,
     ):
         self.instance_id = instance_id
+        # Maps a path the API names to the file it means (differs in a jail).
+        self.resolve_path = resolve_path
         self.backend = backend
         self.faults = faults
         self.on_guest_exit = on_guest_exit
@@ -221,12 +224,12 @@ class Vmm:
         """Opens the kernel and initrd now, as Firecracker does."""
         self._pre_boot()
         self._validate("BootSource", body, raw)
-        if not os.path.isfile(body["kernel_image_path"]):
+        if not os.path.isfile(self.resolve_path(body["kernel_image_path"])):
             raise Fault(
                 f"Boot source error: The kernel file cannot be opened: {ENOENT}"
             )
         initrd = body.get("initrd_path")
-        if initrd is not None and not os.path.isfile(initrd):
+        if initrd is not None and not os.path.isfile(self.resolve_path(initrd)):
             raise Fault(
                 "Boot source error: The initrd file cannot be opened due to invalid"
                 f" path or invalid permissions. {ENOENT}"
@@ -247,7 +250,7 @@ class Vmm:
         host_path = body.get("path_on_host")
         if host_path is None and body.get("socket") is None:
             raise Fault(f"{prefix}Invalid block config.")
-        if host_path is not None and not os.path.isfile(host_path):
+        if host_path is not None and not os.path.isfile(self.resolve_path(host_path)):
             raise Fault(
                 f"{prefix}Virtio backend error: Error manipulating the backing file:"
                 f" {ENOENT} {host_path}"
