@@ -1,8 +1,10 @@
 """``firework-agent``: the node agent's command line.
 
-``check`` validates node config files (hand-written ones for the Git store, or
-published ones) with exactly the rules the agent applies before running them;
-``check-config`` validates the agent's own configuration.
+``run`` runs the agent (``--once`` for a single tick); ``plan`` prints what the
+agent would do, without touching the host; ``check`` validates node config
+files (hand-written ones for the Git store, or published ones) with exactly the
+rules the agent applies before running them; ``check-config`` validates the
+agent's own configuration.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from nodeagent import __version__
-from nodeagent.config import AgentConfigError, load_agent_config
+from nodeagent.config import AgentConfig, AgentConfigError, load_agent_config
 from nodeagent.spec import validate_node_config
 from nodeagent.spec.problems import yaml_error
 
@@ -56,16 +58,24 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def check_config(path: Path) -> int:
-    """Validate the agent configuration; print problems or a summary."""
+def load_config(path: Path) -> AgentConfig | None:
+    """The agent configuration, or None after printing every problem."""
     try:
         config, warnings = load_agent_config(path)
     except AgentConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return 1
+        return None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return config
+
+
+def check_config(path: Path) -> int:
+    """Validate the agent configuration; print problems or a summary."""
+    config = load_config(path)
+    if config is None:
+        return 1
     print(
         f"{path}: node types {', '.join(config.labels)} from the {config.store_type} "
         f"store every {config.poll_interval}; state in {config.state_dir}"
@@ -84,6 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate the agent configuration"
     )
     check_config.add_argument("--config", type=Path, required=True, metavar="FILE")
+    run = commands.add_parser("run", help="run the agent")
+    run.add_argument("--config", type=Path, required=True, metavar="FILE")
+    run.add_argument(
+        "--once", action="store_true", help="one tick, then exit (1 if it failed)"
+    )
+    run.add_argument(
+        "--stop-vms",
+        action="store_true",
+        help="stop every VM on exit (by default VMs keep running)",
+    )
+    plan = commands.add_parser(
+        "plan", help="print what the agent would do, as JSON, touching nothing"
+    )
+    plan.add_argument("--config", type=Path, required=True, metavar="FILE")
+    plan.add_argument(
+        "--node-config",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="plan for these node configs instead of the store's",
+    )
     return parser
 
 
@@ -94,6 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if check_files(args.files) else 0
     if args.command == "check-config":
         return check_config(args.config)
+    if args.command in ("run", "plan"):
+        config = load_config(args.config)
+        if config is None:
+            return 2
+        # Imported here: ``check`` must not pay for boto3 and dulwich.
+        from nodeagent import commands
+
+        if args.command == "run":
+            return commands.run(config, once=args.once, stop_vms=args.stop_vms)
+        return commands.plan(config, args.node_config)
     return 2  # argparse rejects unknown commands before this
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,7 +133,11 @@ class ConfigSource:
     def current(self) -> Snapshot:
         """The config to run now; raises :class:`NoConfig` if there is none."""
         try:
-            desired = parse_desired(fetch_raw(self.store, self.labels, self._seen))
+            raw = fetch_raw(self.store, self.labels, self._seen)
+            if self._good is not None and _same(self._good, raw):
+                desired = self._good  # unchanged: no need to parse it again
+            else:
+                desired = parse_desired(raw)
         except StoreError as exc:
             return self._fallback(f"config_fetch_failed: {exc}")
         except ConfigInvalid as exc:
@@ -159,6 +163,14 @@ class ConfigSource:
         if first:
             log.warning("using last good config reason=%s", reason)
         return Snapshot(self._good, True, reason, self._failing_since)
+
+
+def _same(desired: Desired, raw: Mapping[str, RawConfig]) -> bool:
+    """``raw`` holds exactly the bytes and revisions ``desired`` was parsed from."""
+    return list(raw) == desired.labels and all(
+        desired.raw[label] == item.data and desired.revisions[label] == item.revision
+        for label, item in raw.items()
+    )
 
 
 def _shown(desired: Desired) -> str:

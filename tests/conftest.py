@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ class S3Server:
     secret_key: str
     region: str
     log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
 
     @cached_property
     def admin(self) -> Any:
@@ -213,26 +214,34 @@ def stop_process_group(proc: subprocess.Popen[Any]) -> None:
         proc.wait()
 
 
-def start_s3_server(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
-    """Start SeaweedFS on free loopback ports in ``data_dir``; wait until writable."""
-    names = [
-        "s3.port",
-        "s3.port.grpc",
-        "master.port",
-        "master.port.grpc",
-        "volume.port",
-        "volume.port.grpc",
-        "filer.port",
-        "filer.port.grpc",
-    ]
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    ports["admin.port"] = free_port_with_grpc_twin(list(ports.values()))
+def start_s3_server(
+    data_dir: Path, ports: dict[str, int] | None = None
+) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """Start SeaweedFS in ``data_dir``; wait until writable.
+
+    On free loopback ports, or on ``ports`` (a previous server's
+    ``S3Server.ports``) to bring a stopped server back at the same address.
+    """
+    if ports is None:
+        names = [
+            "s3.port",
+            "s3.port.grpc",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+        ]
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports["admin.port"] = free_port_with_grpc_twin(list(ports.values()))
     server = S3Server(
         endpoint_url=f"http://{HOST}:{ports['s3.port']}",
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         region=REGION,
         log_path=data_dir / "weed.log",
+        ports=dict(ports),
     )
     # A minimal environment: weed also reads S3_BUCKET and friends from it.
     env = {
@@ -241,7 +250,7 @@ def start_s3_server(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
     }
-    with server.log_path.open("wb") as log:
+    with server.log_path.open("ab") as log:
         proc = subprocess.Popen(
             weed_command(data_dir, ports),
             stdout=log,
