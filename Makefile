@@ -31,6 +31,7 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/enrich.py
 	$(BIN)/python bench/webhook_to_publish.py
+	$(BIN)/python bench/agent_tick.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -264,7 +264,7 @@ class Agent:
                 socket_timeout=self.start_timeout,
                 jailer=self.jailer,
             )
-        except vm.VMError as exc:
+        except Exception as exc:  # whatever it was, the status must say it
             self.status.upsert_service(
                 name, state="failed", pid=None, last_error=str(exc)
             )

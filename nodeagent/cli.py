@@ -10,6 +10,7 @@ agent's own configuration.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "run":
             return commands.run(config, once=args.once, stop_vms=args.stop_vms)
-        return commands.plan(config, args.node_config)
+        try:
+            return commands.plan(config, args.node_config)
+        except BrokenPipeError:  # e.g. piped into head: not an error of the plan
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     return 2  # argparse rejects unknown commands before this
 
 

@@ -187,9 +187,12 @@ def start(
         argv, api_sock = jailer.argv(name), API_SOCK
     try:
         process = _spawn(argv, vm_dir)
-    except BaseException:
+    except BaseException as exc:
         if jailer is not None:
             jailer.discard(name)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            raise VMError(f"service {name}: cannot run {argv[0]}: {reason}") from exc
         raise
     try:
         client = _wait_ready(process, sock, name, vm_dir, socket_timeout)

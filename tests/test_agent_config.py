@@ -202,3 +202,14 @@ def test_store_requirement_is_reported_with_field_errors() -> None:
         "agent.yaml: poll_interval: 'soon' is not a duration like 10s, 1m30s or 500ms",
         "agent.yaml: s3_bucket: required when store_type is s3",
     ]
+
+
+def test_local_example_is_valid_once_its_root_is_filled_in(tmp_path: Path) -> None:
+    text = (EXAMPLES / "agent-local.yaml").read_text()
+    assert "@ROOT@" in text
+    path = tmp_path / "agent.yaml"
+    path.write_text(text.replace("@ROOT@", str(tmp_path)))
+    config, warnings = load_agent_config(path)
+    assert warnings == []
+    assert config.store_type == "local"
+    assert config.store_dir == f"{tmp_path}/var/objectstore"

@@ -268,3 +268,16 @@ def test_run_loop_ticks_until_stopped_and_leaves_vms(node: Node) -> None:
     document = status_document(agent.status.snapshot())
     assert document["phase"] == "stopping"
     assert document["services"][0]["state"] == "running"
+
+
+def test_a_missing_firecracker_binary_fails_the_services_clearly(node: Node) -> None:
+    node.publish([node.service("web")])
+    agent = agent_for(node, firecracker_bin=str(node.root / "no-firecracker"))
+    report = agent.tick()
+    assert not report.ok
+    [status] = agent.status.snapshot().services
+    assert status.state == "failed"
+    assert status.last_error == (
+        f"service {node.name('web')}: cannot run {node.root}/no-firecracker: "
+        "No such file or directory"
+    )
