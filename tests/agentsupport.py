@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class Node:
             (self.images / name).write_bytes(b"x")
         self.config_path = root / "agent.yaml"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.cleanups: list[Callable[[], object]] = []
 
     def name(self, short: str) -> str:
         """A service name unique to this test."""
@@ -95,8 +97,8 @@ class Node:
         return self.config_path
 
     def vmm_pids(self) -> dict[str, int]:
-        """Live VMM processes started for this state dir, by service id."""
-        prefix = str(self.state_dir).encode()
+        """Live VMM processes of this node's services (jailed or not), by id."""
+        prefix = f"{self.prefix}-".encode()
         found: dict[str, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -106,9 +108,10 @@ class Node:
             except OSError:
                 continue
             pairs = dict(itertools.pairwise(argv))
-            sock = pairs.get(b"--api-sock", b"")
-            if sock.startswith(prefix) and alive(int(entry.name)):
-                found[pairs.get(b"--id", b"").decode()] = int(entry.name)
+            service = pairs.get(b"--id", b"")
+            ours = b"--api-sock" in pairs and service.startswith(prefix)
+            if ours and alive(int(entry.name)):
+                found[service.decode()] = int(entry.name)
         return found
 
     def start_agent(self, *args: str) -> AgentProcess:
@@ -124,6 +127,8 @@ class Node:
                 stop_process_group(proc)
         for pid in self.vmm_pids().values():
             kill_group(pid)
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 class AgentProcess:

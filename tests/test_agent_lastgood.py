@@ -258,3 +258,15 @@ def test_s3_unreachable_at_start_uses_the_cache(
     )
     assert snapshot.desired.config == fresh.desired.config
     assert snapshot.desired.revisions == fresh.desired.revisions
+
+
+def test_an_unchanged_config_is_not_parsed_again(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    source = ConfigSource(LocalDirStore(store_dir), ["edge"], LastGood(tmp_path / "st"))
+    first = source.current().desired
+    assert source.current().desired is first
+    write(store_dir, "edge", GOOD.replace("web", "www"))
+    changed = source.current().desired
+    assert changed is not first
+    assert [s.name for s in changed.config.services] == ["www"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from nodeagent.agent import Agent
 from nodeagent.config import parse_agent_config
 from nodeagent.httpapi import status_document
 from tests.agentsupport import Node
-from tests.fcdouble.testing import alive, read_log, wait_for
+from tests.fcdouble.testing import JAILER_BIN, alive, read_log, wait_for
 
 
 @pytest.fixture
@@ -281,3 +283,48 @@ def test_a_missing_firecracker_binary_fails_the_services_clearly(node: Node) -> 
         f"service {node.name('web')}: cannot run {node.root}/no-firecracker: "
         "No such file or directory"
     )
+
+
+def test_jailed_vms_run_and_are_adopted_through_the_agent(node: Node) -> None:
+    # A short base: the host socket path must fit in 107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="fwj-", dir="/tmp"))
+    node.cleanups.append(lambda: shutil.rmtree(base, ignore_errors=True))
+    jailed = {
+        "jailer_bin": str(JAILER_BIN),
+        "jailer_chroot_base": str(base),
+        "jailer_uid": 4242,
+        "jailer_gid": 4242,
+    }
+    web = node.name("web")
+    node.publish([node.service("web")])
+    first = agent_for(node, **jailed)
+    assert first.tick().ok
+    [(_, pid)] = states(first).values()
+    root = base / "firecracker" / web / "root"
+    assert (root / "run" / "firecracker.socket").is_socket()
+    assert (root / "rootfs.ext4").stat().st_ino == (
+        node.images / "rootfs.ext4"
+    ).stat().st_ino
+    first.shutdown()
+
+    second = agent_for(node, **jailed)
+    report = second.tick()
+    assert report.ok and report.results == ()
+    assert states(second) == {web: ("running", pid)}
+    node.publish([])
+    assert kinds(second.tick()) == [("remove", web)]
+    assert not (base / "firecracker" / web).exists()
+
+
+def test_a_running_vm_of_a_service_that_cannot_resolve_is_kept(node: Node) -> None:
+    web, big = node.name("web"), node.name("zbig")
+    node.publish([node.service("web")])
+    agent_for(node, vm_subnet="172.31.0.0/30").tick()
+    before = node.vmm_pids()
+    # zbig does not fit in a /30; web keeps its address and keeps running.
+    node.publish([node.service("web"), node.service("zbig")])
+    fresh = agent_for(node, vm_subnet="172.31.0.0/30")
+    report = fresh.tick()
+    assert list(report.failed) == [big]
+    assert node.vmm_pids() == before
+    assert states(fresh)[web] == ("running", before[web])

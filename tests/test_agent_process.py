@@ -229,3 +229,31 @@ def test_s3_outage_then_invalid_config_keep_vms_and_report_stale(
     running = agent.wait_running([web, db, api])
     assert not agent.status()["stale"]
     assert {web: running[web], db: running[db]} == pids
+
+
+def test_plan_falls_back_to_the_last_good_config_and_lists_errors(
+    node: Node,
+) -> None:
+    node.publish([node.service("web"), node.service("zbig")])
+    config = node.write_config(vm_subnet="172.31.0.0/30", vm_gateway="172.31.0.1")
+    assert run_cli("run", "--config", str(config), "--once").returncode == 1
+    node.publish_raw(b"node: [unclosed")
+    done = run_cli("plan", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "warning: using the last good config" in done.stderr
+    document = json.loads(done.stdout)
+    assert document["source"] == "last_good"
+    assert [s["name"] for s in document["services"]] == [node.name("web")]
+    assert document["errors"] == [
+        {
+            "service": node.name("zbig"),
+            "error": f"service {node.name('zbig')}: no free address in "
+            "172.31.0.0/30 (1 service fits)",
+        }
+    ]
+    assert document["actions"] == []
+
+    (node.state_dir / "lastgood" / "config.json").unlink()
+    failed = run_cli("plan", "--config", str(config))
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: nodes/web-node.yaml: ")
