@@ -29,6 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from controlplane.objectstore import LocalStore, ObjectStore, S3Store
+from tests.netns import Namespaces
 
 HOST = "127.0.0.1"
 ACCESS_KEY = "k"
@@ -301,3 +302,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
         return LocalStore(tmp_path / "store")
     bucket: S3Bucket = request.getfixturevalue("s3_bucket")
     return bucket.store()
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Namespaces]:
+    """Network namespaces and veth links for one test, all deleted afterwards."""
+    spaces = Namespaces()
+    try:
+        yield spaces
+    finally:
+        spaces.close()
