@@ -1,0 +1,1 @@
+"""Host networking of the node agent: bridge, TAPs and iptables rules."""
