@@ -27,6 +27,7 @@ from nodeagent.config import AgentConfig
 from nodeagent.durations import parse_duration
 from nodeagent.jailer import Jailer
 from nodeagent.lastgood import ConfigSource, LastGood, NoConfig
+from nodeagent.netsetup import NodeNetwork
 from nodeagent.reconcile import (
     Action,
     ActionResult,
@@ -78,6 +79,9 @@ class Agent:
             LastGood(config.state_dir),
         )
         self.jailer = Jailer.from_config(config)
+        self.network = (
+            NodeNetwork(config, self.jailer) if config.enable_network_setup else None
+        )
         self.state_dir = Path(config.state_dir)
         self.start_timeout = parse_duration(config.vm_start_timeout)
         self.stop_timeout = parse_duration(config.vm_stop_timeout)
@@ -118,6 +122,7 @@ class Agent:
             self._take(snap.desired)
         if not self._adopted:
             self._adopt()
+            self._remove_leftover_taps()
         resolved = self._resolved
         actual = self._actual(skip=resolved.errors.keys())
         result = plan(
@@ -129,6 +134,7 @@ class Agent:
         results = run_actions(
             result.actions, self._execute, parallelism=self.config.action_parallelism
         )
+        self._sync_rules()
         for update in result.monitor_updates:
             prepared = resolved.prepared[update.service]
             self._monitored[update.service] = monitor_spec(prepared.service)
@@ -197,6 +203,29 @@ class Agent:
             len(report.failed),
         )
 
+    def _remove_leftover_taps(self) -> None:
+        """TAPs of ours that no service uses any more (a crash mid-removal)."""
+        if self.network is None:
+            return
+        keep = {_tap_of(h.spec) for h in self._vms.values()}
+        keep |= {
+            p.service.network.interface
+            for p in self._resolved.prepared.values()
+            if p.service.network is not None
+        }
+        try:
+            self.network.remove_leftovers({t for t in keep if t})
+        except Exception as exc:  # tidying up must not stop reconciling
+            log.error("leftover tap cleanup failed error=%s", exc)
+
+    def _sync_rules(self) -> None:
+        if self.network is None:
+            return
+        try:
+            self.network.sync_rules(self._resolved.prepared)
+        except Exception as exc:  # the VMs keep running; next tick retries
+            log.error("nat rules not applied revision=%s error=%s", self._revision, exc)
+
     def _actual(self, skip: Any) -> list[RunningVM]:
         """The VMs this agent runs, alive or not; ``skip`` ones are left alone."""
         out = []
@@ -244,6 +273,8 @@ class Agent:
         with self._lock:
             self._vms.pop(name, None)
             self._monitored.pop(name, None)
+        if self.network is not None:
+            self.network.tap_down(_tap_of(handle.spec))
 
     def _start(self, prepared: Prepared) -> None:
         name = prepared.name
@@ -256,6 +287,8 @@ class Agent:
             health_configured=prepared.service.health_check is not None,
         )
         try:
+            if self.network is not None:
+                self.network.tap_up(prepared.service)
             handle = vm.start(
                 prepared.service,
                 firecracker_bin=self.config.firecracker_bin,
@@ -319,6 +352,11 @@ class Agent:
             ):
                 if error:
                     log.error("vm stop failed service=%s error=%s", name, error)
+        if self.network is not None:
+            try:
+                self.network.teardown()
+            except Exception as exc:  # exiting anyway: say so, do not raise
+                log.error("nat rules not removed error=%s", exc)
 
     def _stop_quietly(self, name: str) -> str:
         try:
@@ -326,3 +364,12 @@ class Agent:
         except Exception as exc:  # stop the others whatever one does
             return str(exc)
         return ""
+
+
+def _tap_of(spec: Mapping[str, Any]) -> str | None:
+    """The TAP an applied spec's network used, if it had one."""
+    network = spec.get("network")
+    if isinstance(network, Mapping):
+        tap = network.get("interface")
+        return tap if isinstance(tap, str) else None
+    return None

@@ -18,6 +18,7 @@ from nodeagent.agent import Agent
 from nodeagent.config import AgentConfig
 from nodeagent.httpapi import start_api
 from nodeagent.lastgood import LastGood
+from nodeagent.netsetup import rules_for
 from nodeagent.reconcile import RunningVM
 from nodeagent.reconcile import plan as make_plan
 from nodeagent.resolve import resolve
@@ -108,6 +109,14 @@ def plan(config: AgentConfig, node_configs: Sequence[Path]) -> int:
             for name, error in sorted(resolved.errors.items())
         ],
         "actions": [a.as_dict() for a in result.actions],
+        "network": {
+            "managed": config.enable_network_setup,
+            "bridge": config.vm_bridge,
+            "subnet": config.vm_subnet,
+            "gateway": config.vm_gateway,
+            "isolation": config.vm_isolation,
+            "rules": rules_for(config, resolved.prepared).lines(),
+        },
     }
     json.dump(document, sys.stdout, indent=2)
     print()

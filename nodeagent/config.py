@@ -106,6 +106,9 @@ class AgentConfig(Model):
     vm_gateway: StrictStr = "172.16.0.1"
     vm_bridge: Interface = "br-firework"
     out_interface: Interface | None = None
+    # -- added by Firework: guest isolation
+    vm_isolation: Literal["none", "links"] = "none"
+    vm_block_metadata: StrictBool = True
     # -- added by Firework
     store_dir: AbsPath | None = None  # store_type local: <store_dir>/nodes/*.yaml
     store_token_file: AbsPath | None = None  # Git token, read when needed

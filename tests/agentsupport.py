@@ -88,6 +88,8 @@ class Node:
             "vm_subnet": "172.31.0.0/24",
             "vm_gateway": "172.31.0.1",
             "vm_stop_timeout": "2s",
+            # Tests that need host networking run the agent in a namespace.
+            "enable_network_setup": False,
             **overrides,
         }
 

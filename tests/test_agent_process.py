@@ -148,6 +148,15 @@ def test_plan_shows_the_resolved_services_and_touches_nothing(node: Node) -> Non
         ("create", db),
         ("create", web),
     ]
+    network = document["network"]
+    assert (network["bridge"], network["gateway"]) == ("br-firework", "172.31.0.1")
+    assert (
+        f"-t nat -A FIREWORK-PREROUTING -p tcp -m tcp --dport 8080 -m comment "
+        f'--comment "firework:{web}" -j DNAT --to-destination 172.31.0.3:80'
+    ) in network["rules"]
+    assert (
+        "-t filter -A FIREWORK-FORWARD -d 169.254.169.254/32 -i br-firework -j DROP"
+    ) in network["rules"]
     assert not node.state_dir.exists()  # nothing written, nothing started
     assert node.vmm_pids() == {}
 

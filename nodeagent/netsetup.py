@@ -1,0 +1,134 @@
+"""The host side of the node's guests, as the agent uses it: bridge, TAPs, NAT.
+
+:class:`NodeNetwork` wraps :mod:`nodeagent.network.host` (pyroute2) and
+:mod:`nodeagent.network.nat` (iptables) with what the agent knows: which
+services run, which TAPs they use, which ports they forward and which links
+they have. :func:`rules_for` is pure, so ``firework-agent plan`` shows exactly
+the rules the agent would apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from ipaddress import IPv4Network
+
+from nodeagent.config import AgentConfig
+from nodeagent.jailer import Jailer
+from nodeagent.network.host import HostNetwork
+from nodeagent.network.nat import Forward, Iptables, Link, Ruleset, build_rules
+from nodeagent.resolve import Prepared
+from nodeagent.spec.node import ServiceConfig
+
+log = logging.getLogger(__name__)
+
+# Rules are re-applied when they change; every this many syncs they are also
+# read back, so rules someone flushed by hand come back without a change.
+DRIFT_CHECK_EVERY = 10
+TAP_PREFIX = "fw-"
+
+
+def rules_for(config: AgentConfig, prepared: Mapping[str, Prepared]) -> Ruleset:
+    """The NAT and filter rules for the services of ``prepared``."""
+    forwards = [
+        Forward(p.name, pf.host_port, p.assigned.ip, pf.vm_port)
+        for p in prepared.values()
+        if p.assigned is not None
+        for pf in p.service.port_forwards
+    ]
+    links = []
+    for p in prepared.values():
+        if p.assigned is None:
+            continue
+        for link in p.service.links:
+            target = prepared.get(link.service)
+            if target is not None and target.assigned is not None:
+                links.append(Link(p.name, p.assigned.ip, target.assigned.ip, link.port))
+    return build_rules(
+        bridge=config.vm_bridge,
+        subnet=config.vm_subnet,
+        out_interface=config.out_interface,
+        forwards=forwards,
+        links=links,
+        isolation=config.vm_isolation,
+        block_metadata=config.vm_block_metadata,
+    )
+
+
+class NodeNetwork:
+    """Bridge, TAPs and rules of one node; every method is idempotent."""
+
+    def __init__(self, config: AgentConfig, jailer: Jailer | None = None) -> None:
+        self.config = config
+        prefix = IPv4Network(config.vm_subnet).prefixlen
+        self.host = HostNetwork(config.vm_bridge, config.vm_gateway, prefix)
+        self.nat = Iptables()
+        # A jailed Firecracker runs unprivileged: its TAP must belong to it.
+        self.owner = jailer.uid if jailer else None
+        self.group = jailer.gid if jailer else None
+        self._bridge_ready = False
+        self._rules: Ruleset | None = None
+        self._syncs = 0
+
+    def ensure_bridge(self) -> None:
+        """Create and address the bridge once (and again after a failure)."""
+        if not self._bridge_ready:
+            self.host.ensure_bridge()
+            self._bridge_ready = True
+            log.info(
+                "bridge ready bridge=%s gateway=%s",
+                self.config.vm_bridge,
+                self.config.vm_gateway,
+            )
+
+    def tap_up(self, service: ServiceConfig) -> None:
+        """The service's TAP exists, on the bridge, up (networked services only)."""
+        if service.network is None:
+            return
+        self.ensure_bridge()
+        self.host.ensure_tap(
+            service.network.interface, owner=self.owner, group=self.group
+        )
+
+    def tap_down(self, tap: str | None) -> None:
+        """Remove a TAP a stopped VM used, if any."""
+        if tap:
+            self.host.remove_tap(tap)
+            log.info("tap removed tap=%s", tap)
+
+    def remove_leftovers(self, keep: Collection[str]) -> list[str]:
+        """Delete ``fw-`` TAPs no service uses (say, after a crash mid-removal)."""
+        gone = sorted(self.host.taps(TAP_PREFIX) - set(keep))
+        for tap in gone:
+            self.host.remove_tap(tap)
+            log.info("leftover tap removed tap=%s", tap)
+        return gone
+
+    def sync_rules(self, prepared: Mapping[str, Prepared]) -> bool:
+        """Apply the rules for ``prepared`` when they changed or drifted.
+
+        Returns True when rules were (re)applied.
+        """
+        rules = rules_for(self.config, prepared)
+        self._syncs += 1
+        drifted = False
+        if rules == self._rules and self._syncs % DRIFT_CHECK_EVERY == 0:
+            drifted = self.nat.current() != rules
+            if drifted:
+                log.warning("nat rules drifted, re-applying")
+        if rules == self._rules and not drifted:
+            return False
+        self.ensure_bridge()
+        self.nat.apply(rules)
+        self._rules = rules
+        log.info("nat rules applied rules=%d", len(rules.lines()))
+        return True
+
+    def teardown(self) -> None:
+        """Remove the agent's chains and hooks (with ``--stop-vms``)."""
+        self.nat.remove()
+        self._rules = None
+
+    def close(self) -> None:
+        """Release netlink sockets."""
+        self.host.close()
