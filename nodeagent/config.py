@@ -124,6 +124,13 @@ class AgentConfig(Model):
     control_plane_url: HttpUrl | None = None
     control_plane_token_file: AbsPath | None = None
     heartbeat_interval: Duration = "30s"
+    # -- added by Firework: health checks, restarts, image sync
+    health_grace: Duration = "10s"  # after a VM starts, before its first probe
+    restart_backoff_initial: Duration = "1s"
+    restart_backoff_max: Duration = "5m"
+    crashloop_restarts: Annotated[int, Field(ge=2, le=100)] = 5
+    crashloop_window: Duration = "10m"
+    image_sync_parallelism: Annotated[int, Field(ge=1, le=32)] = 4
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
