@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from nodeagent.s3client import error_code, http_status, make_client, scrub
 from nodeagent.stores.base import (
     MAX_CONFIG_BYTES,
     Fetched,
@@ -22,9 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_SECONDS = 5
-READ_TIMEOUT_SECONDS = 15
-MIN_SCRUBBED = 8
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
 _TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "Throttling"})
 
@@ -50,20 +46,8 @@ class S3ConfigStore:
         self.prefix = prefix
         self._secret = secret_key or ""
         self._etags: dict[str, str] = {}
-        self.client: S3Client = boto3.session.Session().client(
-            "s3",
-            region_name=region,
-            endpoint_url=endpoint_url or None,
-            aws_access_key_id=access_key or None,
-            aws_secret_access_key=secret_key or None,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                read_timeout=READ_TIMEOUT_SECONDS,
-                # the agent polls again on its next tick: no long retry loops
-                retries={"mode": "standard", "max_attempts": 2},
-            ),
+        self.client: S3Client = make_client(
+            region, endpoint_url, access_key, secret_key
         )
 
     def fetch(self, label: str) -> Fetched:
@@ -80,7 +64,7 @@ class S3ConfigStore:
             check_size(where, size)
             data = response["Body"].read(MAX_CONFIG_BYTES + 1)
         except ClientError as exc:
-            if etag and _code(exc) in ("304", "NotModified"):
+            if etag and error_code(exc) in ("304", "NotModified"):
                 return Fetched(label, None, _revision(etag), changed=False)
             raise self._client_error(where, exc) from None
         except NoCredentialsError:
@@ -94,8 +78,8 @@ class S3ConfigStore:
         return Fetched(label, data, _revision(new_etag), changed=True)
 
     def _client_error(self, where: str, exc: ClientError) -> StoreError:
-        code = _code(exc)
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        code = error_code(exc)
+        status = http_status(exc)
         if code in _NOT_FOUND:
             return StoreError(f"{where}: not found", transient=False)
         if status in (401, 403):
@@ -104,16 +88,7 @@ class S3ConfigStore:
         return StoreError(f"{where}: {code} {self._scrub(exc)}", transient=transient)
 
     def _scrub(self, exc: Exception) -> str:
-        # botocore's messages carry no secret, but make sure none ever leaks; a
-        # very short one (tests) would only mangle the text, and is no secret.
-        text = str(exc) or type(exc).__name__
-        if len(self._secret) >= MIN_SCRUBBED:
-            text = text.replace(self._secret, "***")
-        return text
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+        return scrub(exc, self._secret)
 
 
 def _revision(etag: str) -> str:
