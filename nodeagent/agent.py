@@ -25,6 +25,7 @@ from typing import Any
 from nodeagent import adopt, vm
 from nodeagent.config import AgentConfig
 from nodeagent.durations import parse_duration
+from nodeagent.images import ImageSync
 from nodeagent.jailer import Jailer
 from nodeagent.lastgood import ConfigSource, LastGood, NoConfig
 from nodeagent.netsetup import NodeNetwork
@@ -39,6 +40,7 @@ from nodeagent.reconcile import (
 from nodeagent.resolve import Prepared, Resolved, resolve
 from nodeagent.status import AgentStatus, ServiceState
 from nodeagent.stores import ConfigStore, Desired, store_for
+from nodeagent.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ class Agent:
         self.network = (
             NodeNetwork(config, self.jailer) if config.enable_network_setup else None
         )
+        self.images = ImageSync.from_config(config)
+        self._wake = threading.Event()
+        self.supervisor = Supervisor(config, self.status, self.wake)
+        self._image_errors: dict[str, str | None] = {}
         self.state_dir = Path(config.state_dir)
         self.start_timeout = parse_duration(config.vm_start_timeout)
         self.stop_timeout = parse_duration(config.vm_stop_timeout)
@@ -131,9 +137,14 @@ class Agent:
             monitored=self._monitored,
             specs={name: p.spec for name, p in resolved.prepared.items()},
         )
+        running = {vm.name for vm in actual if vm.alive}
+        extra = self.supervisor.unhealthy_recreates(running, result.actions)
+        actions = self.supervisor.gate([*result.actions, *extra])
+        self._sync_images(actions)
         results = run_actions(
-            result.actions, self._execute, parallelism=self.config.action_parallelism
+            actions, self._execute, parallelism=self.config.action_parallelism
         )
+        self.supervisor.monitor(resolved.prepared, self._running())
         self._sync_rules()
         for update in result.monitor_updates:
             prepared = resolved.prepared[update.service]
@@ -189,6 +200,7 @@ class Agent:
             self._vms[running.name] = vm.handle_of(state, self.state_dir)
             self._monitored.pop(running.name, None)  # the plan re-applies these
             self.status.upsert_service(running.name, state="running", pid=state.pid)
+            self.supervisor.adopted(running.name, state.pid)
         for outcome in report.failed:
             self.status.upsert_service(
                 outcome.service, state="failed", last_error=outcome.detail
@@ -256,19 +268,18 @@ class Agent:
             self._revision,
         )
         if action.kind in ("remove", "recreate"):
-            self._stop(name)
+            self._stop(name, removed=action.kind == "remove")
         if action.kind == "remove":
             self.status.remove_service(name)
             return
-        if action.reason == "not running":
-            self.status.record_restart(name, f"service {name}: VM was not running")
         self._start(self._resolved.prepared[name])
 
-    def _stop(self, name: str) -> None:
+    def _stop(self, name: str, *, removed: bool = False) -> None:
         with self._lock:
             handle = self._vms.get(name)
         if handle is None:
             return
+        self.supervisor.stopped(name, removed=removed)
         vm.stop(handle, grace=self.stop_timeout, jailer=self.jailer)
         with self._lock:
             self._vms.pop(name, None)
@@ -287,6 +298,7 @@ class Agent:
             health_configured=prepared.service.health_check is not None,
         )
         try:
+            self._check_images(prepared)
             if self.network is not None:
                 self.network.tap_up(prepared.service)
             handle = vm.start(
@@ -307,17 +319,42 @@ class Agent:
                 self._revision,
                 exc,
             )
+            self.supervisor.start_failed(name)
             raise
         with self._lock:
             self._vms[name] = handle
             self._monitored[name] = monitor_spec(prepared.service)
-        self.status.upsert_service(name, state="running", pid=handle.pid, last_error="")
+        self.status.upsert_service(name, pid=handle.pid, last_error="")
+        self.supervisor.started(name, handle.pid)
         log.info(
             "vm running service=%s pid=%s revision=%s",
             name,
             handle.pid,
             self._revision,
         )
+
+    def _running(self) -> set[str]:
+        return {name for name, h in self._vms.items() if vm.is_running(h)}
+
+    def _sync_images(self, actions: list[Action]) -> None:
+        """Fetch the images of every VM about to start, each image once."""
+        if self.images is None:
+            return
+        paths = []
+        for action in actions:
+            prepared = self._resolved.prepared.get(action.service)
+            if action.kind != "remove" and prepared is not None:
+                paths += _images_of(prepared)
+        self._image_errors = self.images.sync(paths) if paths else {}
+
+    def _check_images(self, prepared: Prepared) -> None:
+        errors = [
+            error
+            for path in _images_of(prepared)
+            if (error := self._image_errors.get(path))
+        ]
+        if errors:
+            raise vm.VMError(f"service {prepared.name}: " + "; ".join(errors))
 
     def _report_failed(self, errors: Mapping[str, str]) -> None:
         for name, error in errors.items():
@@ -329,17 +366,31 @@ class Agent:
 
     # -- the loop
 
+    def wake(self) -> None:
+        """Tick now rather than at the next poll (a VM exited, a check failed)."""
+        self._wake.set()
+
     def run(self, stop: threading.Event, *, once: bool = False) -> TickReport:
-        """Tick every ``poll_interval`` until ``stop`` is set; returns the last."""
+        """Tick every ``poll_interval``, or when woken, until ``stop`` is set.
+
+        Returns the last tick's report. Call :meth:`wake` after setting
+        ``stop`` to end the wait at once.
+        """
+        if not once:
+            self.supervisor.start()
         report = self.tick()
         self.status.set_phase("running")
-        while not once and not stop.wait(self.config.poll_seconds):
-            report = self.tick()
+        while not once and not stop.is_set():
+            self._wake.wait(self.config.poll_seconds)
+            self._wake.clear()
+            if not stop.is_set():
+                report = self.tick()
         return report
 
     def shutdown(self, *, stop_vms: bool = False) -> None:
         """Leave the VMs running (the default) or stop every one of them."""
         self.status.set_phase("stopping")
+        self.supervisor.stop()
         if not stop_vms:
             log.info("agent stopping, vms left running count=%d", len(self._vms))
             return
@@ -373,3 +424,8 @@ def _tap_of(spec: Mapping[str, Any]) -> str | None:
         tap = network.get("interface")
         return tap if isinstance(tap, str) else None
     return None
+
+
+def _images_of(prepared: Prepared) -> list[str]:
+    service = prepared.service
+    return [p for p in (service.kernel, service.image, service.initrd) if p]

@@ -56,6 +56,7 @@ def run(config: AgentConfig, *, once: bool = False, stop_vms: bool = False) -> i
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping after this tick", signal.Signals(signum).name)
         stop.set()
+        agent.wake()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
