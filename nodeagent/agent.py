@@ -292,7 +292,7 @@ class Agent:
         guest_ip = prepared.assigned.ip if prepared.assigned else ""
         self.status.upsert_service(
             name,
-            state="starting",
+            state=self.supervisor.starting_state(name),
             pid=None,
             guest_ip=guest_ip,
             health_configured=prepared.service.health_check is not None,
@@ -324,7 +324,7 @@ class Agent:
         with self._lock:
             self._vms[name] = handle
             self._monitored[name] = monitor_spec(prepared.service)
-        self.status.upsert_service(name, pid=handle.pid, last_error="")
+        self.status.upsert_service(name, pid=handle.pid)
         self.supervisor.started(name, handle.pid)
         log.info(
             "vm running service=%s pid=%s revision=%s",
@@ -381,7 +381,7 @@ class Agent:
         report = self.tick()
         self.status.set_phase("running")
         while not once and not stop.is_set():
-            self._wake.wait(self.config.poll_seconds)
+            self._wake.wait(self.supervisor.wait_for_restart(self.config.poll_seconds))
             self._wake.clear()
             if not stop.is_set():
                 report = self.tick()

@@ -60,6 +60,7 @@ class Supervisor:
         self._unhealthy: dict[str, str] = {}
         self._failed_starts: set[str] = set()
         self._targets: dict[str, Target] = {}
+        self._held: dict[str, float] = {}  # service -> when its restart is due
 
     # -- threads
 
@@ -96,9 +97,14 @@ class Supervisor:
     def unhealthy_recreates(
         self, running: Collection[str], planned: Sequence[Action]
     ) -> list[Action]:
-        """Recreates for running services whose checks failed ``retries`` times."""
+        """Recreates for running services whose checks failed ``retries`` times.
+
+        A service stays marked until its restart actually happens (see
+        :meth:`gate`): one held back by its backoff is restarted when due, even
+        though its checks report the failure only once.
+        """
         with self._lock:
-            unhealthy, self._unhealthy = self._unhealthy, {}
+            unhealthy = dict(self._unhealthy)
         acted = {a.service for a in planned}
         return [
             Action("recreate", name, f"{UNHEALTHY}: {reason}")
@@ -120,19 +126,35 @@ class Supervisor:
                 continue
             if not self.policy.due(action.service, now):
                 self._report_held(action)
+                due = self.policy.next_at(action.service)
+                if due is not None:
+                    self._held[action.service] = due
                 continue
+            self._held.pop(action.service, None)
+            with self._lock:
+                self._unhealthy.pop(action.service, None)
             delay = self.policy.record(action.service, now)
             self.status.record_restart(
                 action.service, f"service {action.service}: {action.reason}"
             )
             log.info(
-                "restart service=%s reason=%s next_delay=%.1fs",
+                "restart service=%s reason=%s next_delay=%.3fs",
                 action.service,
                 action.reason,
                 delay,
             )
             allowed.append(action)
         return allowed
+
+    def wait_for_restart(self, limit: float) -> float:
+        """Seconds until the next held restart is due, at most ``limit``.
+
+        The loop sleeps no longer than this, so a restart waiting for its
+        backoff happens when the backoff ends, not at the next poll.
+        """
+        if not self._held:
+            return limit
+        return max(0.0, min(limit, min(self._held.values()) - self.clock()))
 
     def _is_restart(self, action: Action) -> bool:
         if action.kind == "recreate":
@@ -157,12 +179,20 @@ class Supervisor:
     def started(self, name: str, pid: int) -> None:
         """A VM of ``name`` runs as ``pid``: watch it, probe it after the grace."""
         self._failed_starts.discard(name)
+        with self._lock:
+            self._unhealthy.pop(name, None)  # a fresh VM: its checks start over
         self.watcher.watch(name, pid)
         if self.health is not None:
             self.health.started(name)
         crashloop = self.policy.crashlooping(name, self.clock())
         self.status.upsert_service(
             name, state="crashloop" if crashloop else "running", next_restart_at=None
+        )
+
+    def starting_state(self, name: str) -> ServiceState:
+        """What a VM being (re)started reports: a crash loop stays one."""
+        return (
+            "crashloop" if self.policy.crashlooping(name, self.clock()) else "starting"
         )
 
     def adopted(self, name: str, pid: int) -> None:
@@ -178,6 +208,7 @@ class Supervisor:
         """A VM of ``name`` stopped; ``removed`` when the service is gone."""
         self.watcher.unwatch(name)
         if removed:
+            self._held.pop(name, None)
             self.policy.forget(name)
             self._failed_starts.discard(name)
             with self._lock:

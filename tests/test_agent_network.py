@@ -9,105 +9,28 @@ has no network) and serves HTTP; a "client" namespace plays another host.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from nodeagent.naming import tap_name
 from tests.agentsupport import Node
-from tests.conftest import free_ports, stop_process_group
+from tests.conftest import stop_process_group
 from tests.fcdouble.testing import wait_for
-from tests.netns import Namespaces, exec_in, popen_in, python_in
-
-BRIDGE = "br-fwt"
-SUBNET = "172.30.0.0/24"
-GATEWAY = "172.30.0.1"
-UPLINK = "10.77.0.1"
-CLIENT = "10.77.0.2"
-
-GUEST_SERVER = """
-import socketserver, sys
-from http.server import BaseHTTPRequestHandler
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"hello from " + sys.argv[1].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    allow_reuse_address = True
-
-Server(("0.0.0.0", 80), Handler).serve_forever()
-"""
-
-FETCH = """
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-        print(r.read().decode())
-except OSError as exc:
-    print("ERROR", exc)
-"""
-
-
-class NsAgent:
-    """``firework-agent run`` inside the node namespace; its API asked from there."""
-
-    def __init__(self, node: Node, ns: str) -> None:
-        self.node = node
-        self.ns = ns
-        self.port = 0
-        self.proc: Any = None
-
-    def start(self) -> None:
-        [self.port] = free_ports(1)
-        self.node.write_config(
-            api_listen_addr=f"127.0.0.1:{self.port}",
-            enable_network_setup=True,
-            vm_bridge=BRIDGE,
-            vm_subnet=SUBNET,
-            vm_gateway=GATEWAY,
-        )
-        argv = [sys.executable, "-m", "nodeagent.cli", "run", "--config"]
-        log = self.node.root / "agent.log"
-        self.proc = popen_in(self.ns, [*argv, str(self.node.config_path)], log=log)
-        self.node.procs.append(self.proc)
-        wait_for(lambda: self.get("/healthz") is not None, timeout=20, what="api")
-
-    def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        code = (
-            "import sys, urllib.request\n"
-            "try:\n"
-            f"    print(urllib.request.urlopen({url!r}, timeout=2).read().decode())\n"
-            "except OSError:\n"
-            "    print('null')\n"
-        )
-        if self.proc.poll() is not None:
-            raise AssertionError(f"agent exited: {self.log()}")
-        return json.loads(python_in(self.ns, code).stdout)
-
-    def running(self, names: list[str]) -> bool:
-        status = self.get("/status")
-        states = {s["name"]: s["state"] for s in (status or {}).get("services", [])}
-        return all(states.get(n) == "running" for n in names)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=20) == 0, self.log()
-
-    def log(self) -> str:
-        return (self.node.root / "agent.log").read_text(errors="replace")[-3000:]
+from tests.netns import Namespaces, exec_in
+from tests.nsagent import (
+    BRIDGE,
+    GATEWAY,
+    UPLINK,
+    NsAgent,
+    fetch,
+    node_with_agent,
+    plug_guest,
+    ruleset,
+    serve_guest,
+)
 
 
 @pytest.fixture
@@ -115,49 +38,9 @@ def net(
     namespaces: Namespaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Node, NsAgent, dict[str, str]]]:
     monkeypatch.setenv("FIREWORK_PYTHON", sys.executable)
-    node_ns = namespaces.new("node")
-    client_ns = namespaces.new("client")
-    guest_ns = namespaces.new("guest")
-    namespaces.veth(
-        node_ns,
-        "uplink",
-        client_ns,
-        "eth0",
-        a_addr=f"{UPLINK}/24",
-        b_addr=f"{CLIENT}/24",
-    )
-    node = Node(tmp_path)
-    yield (
-        node,
-        NsAgent(node, node_ns),
-        {
-            "node": node_ns,
-            "client": client_ns,
-            "guest": guest_ns,
-        },
-    )
+    node, agent, ns = node_with_agent(namespaces, tmp_path)
+    yield node, agent, ns
     node.cleanup()
-
-
-def plug_guest(namespaces: Namespaces, ns: dict[str, str], ip: str) -> None:
-    """Put the guest namespace on the agent's bridge with ``ip``, serving HTTP."""
-    namespaces.veth(ns["guest"], "eth0", ns["node"], "vguest", a_addr=f"{ip}/24")
-    exec_in(ns["node"], ["ip", "link", "set", "vguest", "master", BRIDGE])
-    exec_in(ns["guest"], ["ip", "route", "add", "default", "via", GATEWAY])
-
-
-def fetch(ns: str, url: str) -> str:
-    return python_in(ns, FETCH.replace("sys.argv[1]", repr(url))).stdout.strip()
-
-
-def ruleset(ns: str) -> list[str]:
-    """Our rules and hooks as iptables-save prints them, counters left out."""
-    text = exec_in(ns, ["iptables-save"]).stdout
-    return [
-        line
-        for line in text.splitlines()
-        if "FIREWORK" in line and not line.startswith(("#", ":"))
-    ]
 
 
 def test_bridge_taps_forwards_and_idempotent_rules(
@@ -192,7 +75,7 @@ def test_bridge_taps_forwards_and_idempotent_rules(
 
     plug_guest(namespaces, ns, "172.30.0.2")  # web sorts first: .2
     page = f"hello from {ns['guest']}"
-    server = popen_in(ns["guest"], [sys.executable, "-c", GUEST_SERVER, ns["guest"]])
+    server = serve_guest(ns["guest"], ns["guest"], node.root / "control")
     try:
         wait_for(
             lambda: fetch(ns["client"], f"http://{UPLINK}:8080/") == page,
