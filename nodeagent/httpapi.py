@@ -170,11 +170,36 @@ def _service_metrics(snap: StatusSnapshot) -> Iterator[Metric]:
         "Consecutive failed health checks of each service.",
         labels=["service"],
     )
+    state = GaugeMetricFamily(
+        "firework_agent_service_state",
+        "1 for the state each service is in.",
+        labels=["service", "state"],
+    )
+    health_of = GaugeMetricFamily(
+        "firework_agent_service_health",
+        "1 for the health check status of each service.",
+        labels=["service", "status"],
+    )
+    checked = GaugeMetricFamily(
+        "firework_agent_service_last_check_timestamp_seconds",
+        "When each service was last probed (Unix time).",
+        labels=["service"],
+    )
+    next_restart = GaugeMetricFamily(
+        "firework_agent_service_next_restart_timestamp_seconds",
+        "When a restart held back by its backoff is due (Unix time).",
+        labels=["service"],
+    )
     for service in snap.services:
         restarts.add_metric([service.name], service.restarts)
         failures.add_metric([service.name], service.health.failures)
-    yield restarts
-    yield failures
+        state.add_metric([service.name, service.state], 1)
+        health_of.add_metric([service.name, service.health.status], 1)
+        if service.health.last_checked is not None:
+            checked.add_metric([service.name], service.health.last_checked.timestamp())
+        if service.next_restart_at is not None:
+            next_restart.add_metric([service.name], service.next_restart_at.timestamp())
+    yield from (restarts, failures, state, health_of, checked, next_restart)
 
 
 def _tick_metrics(snap: StatusSnapshot) -> Iterator[Metric]:

@@ -419,3 +419,27 @@ def test_upsert_changes_only_the_given_fields() -> None:
     assert status.snapshot().services[0].health.status == "healthy"
     status.upsert_service("web", health_configured=False)
     assert status.snapshot().services[0].health.status == "not_configured"
+
+
+def test_metrics_name_each_services_state_health_and_restart_times(
+    client: httpx.Client, status: AgentStatus
+) -> None:
+    due = datetime(2026, 12, 3, 12, 0, 5, tzinfo=UTC)
+    checked = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+    status.upsert_service("worker", state="crashloop", next_restart_at=due)
+    status.record_health("worker", "unhealthy", failures=3, checked_at=checked)
+    values = metrics(client)
+    state = "firework_agent_service_state"
+    assert values[state, (("service", "worker"), ("state", "crashloop"))] == 1
+    assert (state, (("service", "worker"), ("state", "running"))) not in values
+    health = "firework_agent_service_health"
+    assert values[health, (("service", "worker"), ("status", "unhealthy"))] == 1
+    worker = (("service", "worker"),)
+    assert (
+        values["firework_agent_service_next_restart_timestamp_seconds", worker]
+        == due.timestamp()
+    )
+    assert (
+        values["firework_agent_service_last_check_timestamp_seconds", worker]
+        == checked.timestamp()
+    )

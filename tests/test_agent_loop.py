@@ -18,6 +18,7 @@ from nodeagent.agent import Agent
 from nodeagent.config import parse_agent_config
 from nodeagent.httpapi import status_document
 from tests.agentsupport import Node
+from tests.conftest import S3Bucket
 from tests.fcdouble.testing import JAILER_BIN, alive, read_log, wait_for
 
 
@@ -328,3 +329,42 @@ def test_a_running_vm_of_a_service_that_cannot_resolve_is_kept(node: Node) -> No
     assert list(report.failed) == [big]
     assert node.vmm_pids() == before
     assert states(fresh)[web] == ("running", before[web])
+
+
+def test_images_are_synced_before_start_and_a_missing_one_fails_its_service(
+    node: Node, s3_bucket: S3Bucket
+) -> None:
+    server = s3_bucket.server
+    for name in ("vmlinux", "rootfs.ext4"):
+        path = node.images / name
+        server.admin.put_object(
+            Bucket=s3_bucket.name, Key=name, Body=b"image " + name.encode()
+        )
+        path.unlink()
+    (node.root / "ak").write_text(server.access_key)
+    (node.root / "sk").write_text(server.secret_key)
+    web, bad = node.name("web"), node.name("zbad")
+    node.publish(
+        [
+            node.service("web"),
+            node.service("zbad", image=str(node.images / "missing.ext4")),
+        ]
+    )
+    agent = agent_for(
+        node,
+        s3_images_bucket=s3_bucket.name,
+        images_dir=str(node.images),
+        s3_endpoint_url=server.endpoint_url,
+        s3_access_key_file=str(node.root / "ak"),
+        s3_secret_key_file=str(node.root / "sk"),
+    )
+    report = agent.tick()
+    assert not report.ok
+    got = {s.name: s for s in agent.status.snapshot().services}
+    assert got[web].state == "running"
+    assert (node.images / "rootfs.ext4").read_bytes() == b"image rootfs.ext4"
+    assert (node.images / "vmlinux").read_bytes() == b"image vmlinux"
+    assert got[bad].state == "failed"
+    assert "missing.ext4" in got[bad].last_error
+    assert "not in bucket" in got[bad].last_error
+    assert list(node.vmm_pids()) == [web]
