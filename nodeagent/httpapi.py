@@ -170,7 +170,7 @@ def _service_metrics(snap: StatusSnapshot) -> Iterator[Metric]:
         "Consecutive failed health checks of each service.",
         labels=["service"],
     )
-    state = GaugeMetricFamily(
+    state_of = GaugeMetricFamily(
         "firework_agent_service_state",
         "1 for the state each service is in.",
         labels=["service", "state"],
@@ -193,13 +193,13 @@ def _service_metrics(snap: StatusSnapshot) -> Iterator[Metric]:
     for service in snap.services:
         restarts.add_metric([service.name], service.restarts)
         failures.add_metric([service.name], service.health.failures)
-        state.add_metric([service.name, service.state], 1)
+        state_of.add_metric([service.name, service.state], 1)
         health_of.add_metric([service.name, service.health.status], 1)
         if service.health.last_checked is not None:
             checked.add_metric([service.name], service.health.last_checked.timestamp())
         if service.next_restart_at is not None:
             next_restart.add_metric([service.name], service.next_restart_at.timestamp())
-    yield from (restarts, failures, state, health_of, checked, next_restart)
+    yield from (restarts, failures, state_of, health_of, checked, next_restart)
 
 
 def _tick_metrics(snap: StatusSnapshot) -> Iterator[Metric]:
