@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import free_ports, stop_process_group
-from tests.fcdouble.testing import FIRECRACKER_BIN, alive, kill_group, wait_for
+from tests.fcdouble.testing import FIRECRACKER_BIN, kill_group, live_argvs, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,18 +102,11 @@ class Node:
         """Live VMM processes of this node's services (jailed or not), by id."""
         prefix = f"{self.prefix}-".encode()
         found: dict[str, int] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
+        for pid, argv in live_argvs():
             pairs = dict(itertools.pairwise(argv))
             service = pairs.get(b"--id", b"")
-            ours = b"--api-sock" in pairs and service.startswith(prefix)
-            if ours and alive(int(entry.name)):
-                found[service.decode()] = int(entry.name)
+            if b"--api-sock" in pairs and service.startswith(prefix):
+                found[service.decode()] = pid
         return found
 
     def start_agent(self, *args: str) -> AgentProcess:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 import uuid
@@ -21,7 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -30,6 +31,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controlplane.objectstore import LocalStore, ObjectStore, S3Store
 from tests.netns import Namespaces
+
+if TYPE_CHECKING:
+    from tests.agentsupport import Node
+    from tests.nsagent import NsAgent
 
 HOST = "127.0.0.1"
 ACCESS_KEY = "k"
@@ -312,3 +317,17 @@ def namespaces() -> Iterator[Namespaces]:
         yield spaces
     finally:
         spaces.close()
+
+
+@pytest.fixture
+def net(
+    namespaces: Namespaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Node, NsAgent, dict[str, str]]]:
+    """A node namespace with an agent (not started yet), a client and a guest."""
+    # imported here: these modules import this one
+    from tests.nsagent import node_with_agent
+
+    monkeypatch.setenv("FIREWORK_PYTHON", sys.executable)
+    node, agent, ns = node_with_agent(namespaces, tmp_path)
+    yield node, agent, ns
+    node.cleanup()

@@ -19,7 +19,13 @@ import pytest
 
 from nodeagent import adopt, reconcile, vm
 from nodeagent.spec import ServiceConfig
-from tests.fcdouble.testing import FIRECRACKER_BIN, alive, kill_group, wait_for
+from tests.fcdouble.testing import (
+    FIRECRACKER_BIN,
+    alive,
+    kill_group,
+    live_argvs,
+    wait_for,
+)
 
 BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init"
 FAST: dict[str, Any] = {"grace": 0.3, "term_grace": 0.3}
@@ -70,19 +76,14 @@ class Host:
     def vmm_pids(self) -> list[int]:
         """Live processes started with an API socket under this state dir."""
         prefix = str(self.state_dir).encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            pairs = itertools.pairwise(argv)
-            ours = any(a == b"--api-sock" and b.startswith(prefix) for a, b in pairs)
-            if ours and alive(int(entry.name)):
-                found.append(int(entry.name))
-        return sorted(found)
+        return sorted(
+            pid
+            for pid, argv in live_argvs()
+            if any(
+                a == b"--api-sock" and b.startswith(prefix)
+                for a, b in itertools.pairwise(argv)
+            )
+        )
 
 
 @pytest.fixture

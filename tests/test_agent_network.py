@@ -9,11 +9,6 @@ has no network) and serves HTTP; a "client" namespace plays another host.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from nodeagent.naming import tap_name
 from tests.agentsupport import Node
@@ -26,21 +21,10 @@ from tests.nsagent import (
     UPLINK,
     NsAgent,
     fetch,
-    node_with_agent,
     plug_guest,
     ruleset,
     serve_guest,
 )
-
-
-@pytest.fixture
-def net(
-    namespaces: Namespaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Node, NsAgent, dict[str, str]]]:
-    monkeypatch.setenv("FIREWORK_PYTHON", sys.executable)
-    node, agent, ns = node_with_agent(namespaces, tmp_path)
-    yield node, agent, ns
-    node.cleanup()
 
 
 def test_bridge_taps_forwards_and_idempotent_rules(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from tests.agentsupport import AgentProcess, Node
 from tests.conftest import stop_process_group
 from tests.fcdouble.testing import wait_for
 from tests.netns import Namespaces
-from tests.nsagent import NsAgent, node_with_agent, plug_guest, serve_guest
+from tests.nsagent import NsAgent, plug_guest, serve_guest
 
 
 @pytest.fixture
@@ -76,16 +75,6 @@ def test_a_killed_vmm_is_restarted_at_once_then_with_backoff(node: Node) -> None
     assert service["restarts"] == 3
     assert service["state"] == "crashloop"
     assert "not running" in service["last_error"]
-
-
-@pytest.fixture
-def net(
-    namespaces: Namespaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Node, NsAgent, dict[str, str]]]:
-    monkeypatch.setenv("FIREWORK_PYTHON", sys.executable)
-    node, agent, ns = node_with_agent(namespaces, tmp_path)
-    yield node, agent, ns
-    node.cleanup()
 
 
 RESTART = re.compile(r"restart service=(\S+) reason=(.*) next_delay=([\d.]+)s")

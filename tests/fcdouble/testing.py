@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,8 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-def pids_with_id(instance_id: str) -> list[int]:
-    """Live processes whose argv has ``--id <instance_id>``."""
-    found = []
+def live_argvs() -> Iterator[tuple[int, list[bytes]]]:
+    """Every live process on the host, with its argv split on NULs."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -74,11 +74,14 @@ def pids_with_id(instance_id: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        pairs = itertools.pairwise(argv)
-        ours = any(a == b"--id" and b == instance_id.encode() for a, b in pairs)
-        if ours and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+        if alive(int(entry.name)):
+            yield int(entry.name), argv
+
+
+def pids_with_id(instance_id: str) -> list[int]:
+    """Live processes whose argv has ``--id <instance_id>``."""
+    wanted = (b"--id", instance_id.encode())
+    return [pid for pid, argv in live_argvs() if wanted in itertools.pairwise(argv)]
 
 
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
