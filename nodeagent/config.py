@@ -123,6 +123,8 @@ class AgentConfig(Model):
     action_parallelism: Annotated[int, Field(ge=1, le=64)] = 4
     control_plane_url: HttpUrl | None = None
     control_plane_token_file: AbsPath | None = None
+    # one-time token an operator created; exchanged for the node token at start
+    control_plane_enrollment_token_file: AbsPath | None = None
     heartbeat_interval: Duration = "30s"
     # -- added by Firework: health checks, restarts, image sync
     health_grace: Duration = "10s"  # after a VM starts, before its first probe
