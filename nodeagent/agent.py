@@ -20,15 +20,13 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodeagent import adopt, vm
 from nodeagent.config import AgentConfig
 from nodeagent.durations import parse_duration
-from nodeagent.images import ImageSync
 from nodeagent.jailer import Jailer
 from nodeagent.lastgood import ConfigSource, LastGood, NoConfig
-from nodeagent.netsetup import NodeNetwork
 from nodeagent.reconcile import (
     Action,
     ActionResult,
@@ -41,6 +39,10 @@ from nodeagent.resolve import Prepared, Resolved, resolve
 from nodeagent.status import AgentStatus, ServiceState
 from nodeagent.stores import ConfigStore, Desired, store_for
 from nodeagent.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from nodeagent.images import ImageSync
+    from nodeagent.netsetup import NodeNetwork
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,17 @@ class Agent:
             LastGood(config.state_dir),
         )
         self.jailer = Jailer.from_config(config)
-        self.network = (
-            NodeNetwork(config, self.jailer) if config.enable_network_setup else None
-        )
-        self.images = ImageSync.from_config(config)
+        # pyroute2 and boto3 are big: loaded only when the node uses them.
+        self.network: NodeNetwork | None = None
+        if config.enable_network_setup:
+            from nodeagent.netsetup import NodeNetwork
+
+            self.network = NodeNetwork(config, self.jailer)
+        self.images: ImageSync | None = None
+        if config.s3_images_bucket:
+            from nodeagent.images import ImageSync
+
+            self.images = ImageSync.from_config(config)
         self._wake = threading.Event()
         self.supervisor = Supervisor(config, self.status, self.wake)
         self._image_errors: dict[str, str | None] = {}

@@ -18,7 +18,6 @@ from nodeagent.agent import Agent
 from nodeagent.config import AgentConfig
 from nodeagent.httpapi import start_api
 from nodeagent.lastgood import LastGood
-from nodeagent.netsetup import rules_for
 from nodeagent.reconcile import RunningVM
 from nodeagent.reconcile import plan as make_plan
 from nodeagent.resolve import resolve
@@ -92,6 +91,8 @@ def plan(config: AgentConfig, node_configs: Sequence[Path]) -> int:
     except (StoreError, ConfigInvalid, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from nodeagent.netsetup import rules_for  # pyroute2: only for plan and run
+
     resolved = resolve(desired.config.services, config.vm_subnet, config.vm_gateway)
     actual = _actual_from_disk(Path(config.state_dir))
     keep = resolved.errors.keys()

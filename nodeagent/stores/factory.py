@@ -6,9 +6,7 @@ from pathlib import Path
 
 from nodeagent.config import AgentConfig
 from nodeagent.stores.base import ConfigStore, StoreError
-from nodeagent.stores.git import GitConfigStore
 from nodeagent.stores.local import LocalDirStore
-from nodeagent.stores.s3 import S3ConfigStore
 
 
 def read_secret_file(key: str, path: str | None) -> str | None:
@@ -33,9 +31,13 @@ def store_for(config: AgentConfig) -> ConfigStore:
         assert config.store_dir is not None  # checked when the config was loaded
         return LocalDirStore(config.store_dir)
     if config.store_type == "git":
+        from nodeagent.stores.git import GitConfigStore  # dulwich: only when used
+
         token = read_secret_file("store_token_file", config.store_token_file)
         cache = Path(config.state_dir) / "git-store"
         return GitConfigStore(config.store_url, config.store_branch, token, cache)
+    from nodeagent.stores.s3 import S3ConfigStore  # boto3: only when used
+
     return S3ConfigStore(
         config.s3_bucket,
         prefix=config.s3_prefix,
