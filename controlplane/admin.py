@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from controlplane.models import (
     ConfigRepository,
+    EnrollmentToken,
+    Node,
     NodeConfigOutput,
+    NodeToken,
+    NodeTransition,
     Revision,
     WebhookDelivery,
 )
@@ -72,3 +77,49 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
     list_filter = ["accepted", "event", "status_code", "repository"]
     search_fields = ["delivery_id", "outcome"]
     readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin[Node]):
+    list_display = ["name", "labels", "agent_version", "last_seen_at", "created_at"]
+    search_fields = ["name"]
+    readonly_fields = ["created_at", "last_seen_at", "last_report", "last_report_at"]
+
+
+# Tokens are made through the API or the node's enrollment, which show the token
+# once; the admin can only see their hashes and revoke them.
+@admin.register(NodeToken)
+class NodeTokenAdmin(admin.ModelAdmin[NodeToken]):
+    list_display = ["node", "short_hash", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["node"]
+    readonly_fields = ["node", "token_sha256", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="sha256")
+    def short_hash(self, obj: NodeToken) -> str:
+        return obj.token_sha256[:12]
+
+
+@admin.register(EnrollmentToken)
+class EnrollmentTokenAdmin(admin.ModelAdmin[EnrollmentToken]):
+    list_display = ["node", "short_hash", "created_at", "expires_at", "used_at"]
+    list_filter = ["node"]
+    readonly_fields = ["node", "token_sha256", "created_at", "used_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="sha256")
+    def short_hash(self, obj: EnrollmentToken) -> str:
+        return obj.token_sha256[:12]
+
+
+@admin.register(NodeTransition)
+class NodeTransitionAdmin(admin.ModelAdmin[NodeTransition]):
+    list_display = ["at", "node", "service", "field", "old_value", "new_value"]
+    list_filter = ["field", "node"]
+    search_fields = ["service"]
+    date_hierarchy = "at"
+    readonly_fields = [f.name for f in NodeTransition._meta.fields]

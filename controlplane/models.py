@@ -1,4 +1,4 @@
-"""Database models of the control plane: repositories, enrichment runs, deliveries.
+"""Database models of the control plane: repositories, runs, deliveries, nodes.
 
 Published node configs live in the object store; the database keeps the record of
 every run (revision) and of what it published, so any revision can be inspected,
@@ -7,12 +7,13 @@ compared with the previous one and re-run.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from controlplane.envvars import env_secret
 
@@ -189,3 +190,93 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event or '?'} {self.delivery_id or '-'} -> {self.status_code}"
+
+
+_DNS_LABEL = RegexValidator(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+    "a DNS label: lowercase letters, digits and '-'",
+)
+
+
+def _enrollment_expiry() -> datetime:
+    return timezone.now() + ENROLLMENT_TOKEN_LIFETIME
+
+
+ENROLLMENT_TOKEN_LIFETIME = timedelta(hours=24)
+
+
+class Node(models.Model):
+    """A host running the node agent, and the latest status it reported."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[_DNS_LABEL])
+    labels = models.JSONField(
+        default=list, blank=True, help_text="node types this node runs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_report = models.JSONField(null=True, blank=True)
+    last_report_at = models.DateTimeField(null=True, blank=True)
+    agent_version = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class NodeToken(models.Model):
+    """A node's credential for the API; only the SHA-256 of the token is kept."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="tokens")
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.node} token {self.token_sha256[:8]}"
+
+
+class EnrollmentToken(models.Model):
+    """A one-time token a node exchanges for its :class:`NodeToken`."""
+
+    node = models.ForeignKey(
+        Node, on_delete=models.CASCADE, related_name="enrollment_tokens"
+    )
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=_enrollment_expiry)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.node} enrollment {self.token_sha256[:8]}"
+
+
+class NodeTransition(models.Model):
+    """A change of one service's state or health between two reports of a node."""
+
+    class Field(models.TextChoices):
+        STATE = "state"
+        HEALTH = "health"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="transitions")
+    service = models.CharField(max_length=63)
+    field = models.CharField(max_length=16, choices=Field.choices)
+    old_value = models.CharField(max_length=32, blank=True)
+    new_value = models.CharField(max_length=32, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["node", "-id"])]
+
+    def __str__(self) -> str:
+        change = f"{self.old_value or '-'} -> {self.new_value or '-'}"
+        return f"{self.node} {self.service} {self.field}: {change}"

@@ -36,6 +36,25 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/revisions/{id}/rerun/", "post"): "revisions_rerun_create",
     ("/api/v1/node-configs/", "get"): "node_configs_list",
     ("/api/v1/node-configs/{node_type}/", "get"): "node_configs_retrieve",
+    ("/api/v1/nodes/", "get"): "nodes_list",
+    ("/api/v1/nodes/", "post"): "nodes_create",
+    ("/api/v1/nodes/{name}/", "get"): "nodes_retrieve",
+    ("/api/v1/nodes/{name}/", "delete"): "nodes_destroy",
+    ("/api/v1/nodes/{name}/actual", "get"): "nodes_actual_retrieve",
+    ("/api/v1/nodes/{name}/enroll", "post"): "nodes_enroll_create",
+    ("/api/v1/nodes/{name}/enrollment-tokens/", "post"): (
+        "nodes_enrollment_tokens_create"
+    ),
+    ("/api/v1/nodes/{name}/revoke-tokens", "post"): "nodes_revoke_tokens_create",
+    ("/api/v1/nodes/{name}/status", "post"): "nodes_status_create",
+}
+USERS: list[dict[str, list[str]]] = [{"tokenAuth": []}, {"cookieAuth": []}]
+# Where a node token is taken too, or only it, or nothing at all.
+NODE_SECURITY = {
+    ("/api/v1/nodes/{name}/", "get"): [{"nodeTokenAuth": []}, *USERS],
+    ("/api/v1/nodes/{name}/actual", "get"): [{"nodeTokenAuth": []}, *USERS],
+    ("/api/v1/nodes/{name}/status", "post"): [{"nodeTokenAuth": []}],
+    ("/api/v1/nodes/{name}/enroll", "post"): [{}],
 }
 _ASSET = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)="([^"]*)\"""")
 
@@ -91,7 +110,7 @@ def test_every_operation_takes_a_token_or_a_session_and_has_a_summary(
     assert schemes["tokenAuth"]["in"] == "header"
     assert schemes["cookieAuth"]["in"] == "cookie"
     for key, operation in api_operations(schema).items():
-        assert operation["security"] == [{"tokenAuth": []}, {"cookieAuth": []}], key
+        assert operation["security"] == NODE_SECURITY.get(key, USERS), key
         assert operation.get("summary"), key
 
 

@@ -11,13 +11,17 @@ to the Django admin), or belongs to the group named :data:`OPERATORS_GROUP`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, Group
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
-from rest_framework.views import APIView
+
+if TYPE_CHECKING:
+    # only for annotations: importing it here would be circular, since
+    # rest_framework.views loads the authentication classes of the settings
+    from rest_framework.views import APIView
 
 OPERATORS_GROUP = "operators"
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 from rest_framework.routers import DefaultRouter
 
 from controlplane.api.nodeconfigs import NodeConfigViewSet
+from controlplane.api.nodes import (
+    NodeActualView,
+    NodeEnrollView,
+    NodeRevokeTokensView,
+    NodeStatusView,
+    NodeViewSet,
+)
 from controlplane.api.views import RepositoryViewSet, RevisionViewSet
 
 app_name = "api"
@@ -14,5 +21,18 @@ router = DefaultRouter()
 router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("revisions", RevisionViewSet, basename="revision")
 router.register("node-configs", NodeConfigViewSet, basename="node-config")
+router.register("nodes", NodeViewSet, basename="node")
 
-urlpatterns: list[URLPattern | URLResolver] = list(router.urls)
+# Without a trailing slash, as the node agent calls them.
+node_paths = [
+    path("nodes/<str:name>/enroll", NodeEnrollView.as_view(), name="node-enroll"),
+    path(
+        "nodes/<str:name>/revoke-tokens",
+        NodeRevokeTokensView.as_view(),
+        name="node-revoke-tokens",
+    ),
+    path("nodes/<str:name>/status", NodeStatusView.as_view(), name="node-status"),
+    path("nodes/<str:name>/actual", NodeActualView.as_view(), name="node-actual"),
+]
+
+urlpatterns: list[URLPattern | URLResolver] = [*router.urls, *node_paths]
