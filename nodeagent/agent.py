@@ -43,6 +43,7 @@ from nodeagent.supervisor import Supervisor
 if TYPE_CHECKING:
     from nodeagent.images import ImageSync
     from nodeagent.netsetup import NodeNetwork
+    from nodeagent.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ class Agent:
             from nodeagent.images import ImageSync
 
             self.images = ImageSync.from_config(config)
+        self.reporter: Reporter | None = None
+        if config.control_plane_url:
+            from nodeagent.reporter import Reporter  # httpx: only when reporting
+
+            self.reporter = Reporter.from_config(config, self.status)
         self._wake = threading.Event()
         self.supervisor = Supervisor(config, self.status, self.wake)
         self._image_errors: dict[str, str | None] = {}
@@ -387,19 +393,30 @@ class Agent:
         """
         if not once:
             self.supervisor.start()
+            if self.reporter is not None:
+                self.reporter.start()
         report = self.tick()
         self.status.set_phase("running")
+        self._reported()
         while not once and not stop.is_set():
             self._wake.wait(self.supervisor.wait_for_restart(self.config.poll_seconds))
             self._wake.clear()
             if not stop.is_set():
                 report = self.tick()
+                self._reported()
         return report
+
+    def _reported(self) -> None:
+        """Let the reporter send the new status (it never blocks the loop)."""
+        if self.reporter is not None:
+            self.reporter.notify()
 
     def shutdown(self, *, stop_vms: bool = False) -> None:
         """Leave the VMs running (the default) or stop every one of them."""
         self.status.set_phase("stopping")
         self.supervisor.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
         if not stop_vms:
             log.info("agent stopping, vms left running count=%d", len(self._vms))
             return
