@@ -47,12 +47,15 @@ EXPECTED_OPERATIONS = {
     ),
     ("/api/v1/nodes/{name}/revoke-tokens", "post"): "nodes_revoke_tokens_create",
     ("/api/v1/nodes/{name}/status", "post"): "nodes_status_create",
+    ("/api/v1/nodes/{name}/desired", "get"): "nodes_desired_retrieve",
+    ("/api/v1/services/", "get"): "services_list",
 }
 USERS: list[dict[str, list[str]]] = [{"tokenAuth": []}, {"cookieAuth": []}]
 # Where a node token is taken too, or only it, or nothing at all.
 NODE_SECURITY = {
     ("/api/v1/nodes/{name}/", "get"): [{"nodeTokenAuth": []}, *USERS],
     ("/api/v1/nodes/{name}/actual", "get"): [{"nodeTokenAuth": []}, *USERS],
+    ("/api/v1/nodes/{name}/desired", "get"): [{"nodeTokenAuth": []}, *USERS],
     ("/api/v1/nodes/{name}/status", "post"): [{"nodeTokenAuth": []}],
     ("/api/v1/nodes/{name}/enroll", "post"): [{}],
 }

@@ -50,6 +50,7 @@ from controlplane.api.nodeserializers import (
 from controlplane.api.permissions import IsOperatorOrReadOnly
 from controlplane.models import Node
 from controlplane.nodereports import ingest
+from controlplane.nodestatus import views_for
 from controlplane.nodetokens import (
     EnrollmentRefused,
     enroll,
@@ -130,6 +131,18 @@ class NodeViewSet(
         if self.action == "list" or self.action == "create":
             return NodeSerializer
         return NodeDetailSerializer
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """One page of nodes, compared with the published configs read once."""
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        nodes = list(queryset if page is None else page)
+        context = self.get_serializer_context()
+        context["node_views"] = {view.name: view for view in views_for(nodes)}
+        data = NodeSerializer(nodes, many=True, context=context).data
+        if page is None:
+            return Response(data)
+        return self.get_paginated_response(data)
 
     def perform_create(self, serializer: serializers.BaseSerializer[Node]) -> None:
         node = serializer.save()

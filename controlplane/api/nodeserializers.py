@@ -15,6 +15,7 @@ from rest_framework import serializers
 
 from controlplane.api.nodeconfigs import NODE_TYPE_PATTERN
 from controlplane.models import Node
+from controlplane.nodestatus import NODE_STATES, NodeView, views_for
 from nodeagent.spec.fields import DNS_LABEL
 from nodeagent.status import HEALTH_STATES, PHASES, SERVICE_STATES
 
@@ -34,7 +35,12 @@ def _node_types(value: list[str]) -> list[str]:
 
 
 class NodeSerializer(serializers.ModelSerializer[Node]):
-    """A node as listed: who it is and when it last reported."""
+    """A node as listed: who it is, when it last reported, and whether it converged.
+
+    The desired-against-actual fields come from :mod:`controlplane.nodestatus`;
+    a list passes them all in ``context["node_views"]`` (one store read), a
+    single node computes its own.
+    """
 
     url = serializers.HyperlinkedIdentityField(
         view_name="api:node-detail", lookup_field="name"
@@ -55,6 +61,11 @@ class NodeSerializer(serializers.ModelSerializer[Node]):
             "last_seen_at",
             "last_report_at",
             "agent_version",
+            "status",
+            "reasons",
+            "counts",
+            "applied",
+            "published",
         ]
         read_only_fields = [
             "created_at",
@@ -63,8 +74,50 @@ class NodeSerializer(serializers.ModelSerializer[Node]):
             "agent_version",
         ]
 
+    status = serializers.SerializerMethodField(
+        help_text="desired against actual: one of " + ", ".join(NODE_STATES)
+    )
+    reasons = serializers.SerializerMethodField(
+        help_text="why the node is not converged, one line each"
+    )
+    counts = serializers.SerializerMethodField(
+        help_text="how many services have each service status"
+    )
+    applied = serializers.SerializerMethodField(
+        help_text="node type -> revision the agent reports it runs"
+    )
+    published = serializers.SerializerMethodField(
+        help_text="node type -> revision published now, in the agent's kind of string"
+    )
+
     def validate_labels(self, value: list[str]) -> list[str]:
         return _node_types(value)
+
+    def node_view(self, obj: Node) -> NodeView:
+        views: dict[str, NodeView] = self.context.setdefault("node_views", {})
+        if obj.name not in views:
+            views.update((view.name, view) for view in views_for([obj]))
+        return views[obj.name]
+
+    @extend_schema_field(serializers.CharField())
+    def get_status(self, obj: Node) -> str:
+        return self.node_view(obj).status
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_reasons(self, obj: Node) -> list[str]:
+        return self.node_view(obj).reasons
+
+    @extend_schema_field(serializers.DictField(child=serializers.IntegerField()))
+    def get_counts(self, obj: Node) -> dict[str, int]:
+        return self.node_view(obj).counts
+
+    @extend_schema_field(serializers.DictField(child=serializers.CharField()))
+    def get_applied(self, obj: Node) -> dict[str, str]:
+        return self.node_view(obj).applied
+
+    @extend_schema_field(serializers.DictField(child=serializers.CharField()))
+    def get_published(self, obj: Node) -> dict[str, str]:
+        return self.node_view(obj).published
 
 
 class ReportedServiceSerializer(serializers.Serializer[dict[str, Any]]):

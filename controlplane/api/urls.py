@@ -13,6 +13,7 @@ from controlplane.api.nodes import (
     NodeStatusView,
     NodeViewSet,
 )
+from controlplane.api.nodeviews import NodeDesiredView, ServiceViewSet
 from controlplane.api.views import RepositoryViewSet, RevisionViewSet
 
 app_name = "api"
@@ -22,6 +23,7 @@ router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("revisions", RevisionViewSet, basename="revision")
 router.register("node-configs", NodeConfigViewSet, basename="node-config")
 router.register("nodes", NodeViewSet, basename="node")
+router.register("services", ServiceViewSet, basename="service")
 
 # Without a trailing slash, as the node agent calls them.
 node_paths = [
@@ -33,6 +35,7 @@ node_paths = [
     ),
     path("nodes/<str:name>/status", NodeStatusView.as_view(), name="node-status"),
     path("nodes/<str:name>/actual", NodeActualView.as_view(), name="node-actual"),
+    path("nodes/<str:name>/desired", NodeDesiredView.as_view(), name="node-desired"),
 ]
 
 urlpatterns: list[URLPattern | URLResolver] = [*router.urls, *node_paths]
