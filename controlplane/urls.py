@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import URLPattern, path, register_converter
 
 from controlplane import views
-from controlplane.dashboard import nodes, repositories, revisions
+from controlplane.dashboard import hosts, nodes, repositories, revisions
 
 
 class RowIdConverter:
@@ -34,5 +34,8 @@ urlpatterns: list[URLPattern] = [
     path("revisions/", revisions.revision_list, name="revisions"),
     path("revisions/<rowid:pk>/", revisions.revision_detail, name="revision"),
     path("nodes/", nodes.node_types, name="nodes"),
+    path("hosts/", hosts.host_list, name="hosts"),
+    path("hosts/<slug:name>/", hosts.host_detail, name="host"),
+    path("services/", hosts.service_map, name="services"),
     path("healthz", views.healthz, name="healthz"),
 ]

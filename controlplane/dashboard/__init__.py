@@ -1,6 +1,7 @@
 """The dashboard: server-rendered pages for operators, one module per concern.
 
 ``repositories`` (home and "Run now"), ``revisions`` (run history and detail),
-``nodes`` (what the object store serves to agents); the other modules are the
-pure helpers those views share.
+``nodes`` (the node types: what the object store serves to agents), ``hosts``
+(the nodes themselves: desired against actual state, which commit runs where);
+the other modules are the pure helpers those views share.
 """
