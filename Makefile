@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/webhook_to_publish.py
 	$(BIN)/python bench/agent_tick.py
 	$(BIN)/python bench/image_sync.py
+	$(BIN)/python bench/status_ingest.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

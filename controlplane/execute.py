@@ -40,7 +40,7 @@ from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Exists, F, QuerySet
 from django.utils import timezone
 
-from controlplane import ownership
+from controlplane import metrics, ownership
 from controlplane.enrichment import PipelineResult, run_pipeline
 from controlplane.envvars import EnvError
 from controlplane.gitcache import GitCache, GitCacheError
@@ -348,13 +348,16 @@ def _finish(
             NodeConfigOutput.objects.bulk_create(_outputs(revision, result, report))
     if not updated:
         log.warning("run result not recorded, status changed revision=%s", revision.pk)
+    started = revision.started_at
+    seconds = (now - started).total_seconds() if started else 0.0
+    metrics.run_finished(status, seconds)
     log.info(
         "run finished revision=%s status=%s attempt=%d seconds=%.3f errors=%d "
         "published=%s",
         revision.pk,
         status,
         revision.attempts,
-        (now - revision.started_at).total_seconds() if revision.started_at else 0.0,
+        seconds,
         len(result.errors) if result else 0,
         report is not None,
     )

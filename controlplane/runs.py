@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from controlplane import metrics
 from controlplane.models import ConfigRepository, Revision
 
 log = logging.getLogger(__name__)
@@ -82,3 +83,4 @@ def _schedule(revision_id: int) -> None:
             failure=f"the run could not be queued: {type(exc).__name__}",
             finished_at=timezone.now(),
         )
+        metrics.run_finished(Revision.Status.FAILED, None)  # it never started

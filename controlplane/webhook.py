@@ -45,6 +45,7 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from controlplane import metrics
 from controlplane.envvars import EnvError
 from controlplane.models import ConfigRepository, Revision, WebhookDelivery
 from controlplane.runs import request_run
@@ -131,6 +132,7 @@ def github_webhook(request: HttpRequest) -> JsonResponse:
         reply.repository.name if reply.repository else "-",
         _printable(reply.outcome),
     )
+    metrics.webhook_delivered(reply.status, reply.body)
     response = JsonResponse(reply.body, status=reply.status)
     if reply.allow:
         response["Allow"] = ", ".join(reply.allow)

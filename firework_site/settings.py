@@ -67,6 +67,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # first, so the times it records for /metrics include every other middleware
+    "controlplane.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -185,6 +187,11 @@ FIREWORK_RUN_BUSY_RETRY_SECONDS = env_int("FIREWORK_RUN_BUSY_RETRY_SECONDS", 2)
 FIREWORK_GIT_CACHE_DIR = Path(
     env_str("FIREWORK_GIT_CACHE_DIR", str(FIREWORK_VAR_DIR / "git"))
 )
+
+# /metrics: served to loopback (unless this is off), to logged-in users, and to
+# scrapers sending "Authorization: Bearer <FIREWORK_METRICS_TOKEN>".
+FIREWORK_METRICS_TOKEN = env_secret("FIREWORK_METRICS_TOKEN")
+FIREWORK_METRICS_LOOPBACK = env_bool("FIREWORK_METRICS_LOOPBACK", True)
 
 # Request bodies read into memory. Enough for a GitHub push payload of many
 # commits; the webhook view applies its own, explicit cap before reading.

@@ -7,6 +7,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from controlplane.metrics import metrics_view
+
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
     path(
@@ -23,5 +25,6 @@ urlpatterns: list[URLPattern | URLResolver] = [
         SpectacularSwaggerView.as_view(url_name="api-schema"),
         name="api-docs",
     ),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("controlplane.urls")),
 ]
