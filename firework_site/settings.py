@@ -192,6 +192,10 @@ FIREWORK_GIT_CACHE_DIR = Path(
 # scrapers sending "Authorization: Bearer <FIREWORK_METRICS_TOKEN>".
 FIREWORK_METRICS_TOKEN = env_secret("FIREWORK_METRICS_TOKEN")
 FIREWORK_METRICS_LOOPBACK = env_bool("FIREWORK_METRICS_LOOPBACK", True)
+# Agents' status reports: the largest accepted, and the heartbeat a node is
+# judged by (stale after 3 missed ones; the agent's heartbeat_interval is 30 s).
+FIREWORK_NODE_REPORT_MAX_BYTES = env_int("FIREWORK_NODE_REPORT_MAX_BYTES", 256 * 1024)
+FIREWORK_NODE_HEARTBEAT_SECONDS = env_int("FIREWORK_NODE_HEARTBEAT_SECONDS", 30)
 
 # Request bodies read into memory. Enough for a GitHub push payload of many
 # commits; the webhook view applies its own, explicit cap before reading.
