@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import URLPattern, path, register_converter
 
 from controlplane import views
-from controlplane.dashboard import hosts, nodes, repositories, revisions
+from controlplane.dashboard import hostadmin, hosts, nodes, repositories, revisions
 
 
 class RowIdConverter:
@@ -35,7 +35,19 @@ urlpatterns: list[URLPattern] = [
     path("revisions/<rowid:pk>/", revisions.revision_detail, name="revision"),
     path("nodes/", nodes.node_types, name="nodes"),
     path("hosts/", hosts.host_list, name="hosts"),
+    path("hosts/register", hostadmin.register_node, name="host-register"),
     path("hosts/<slug:name>/", hosts.host_detail, name="host"),
+    path(
+        "hosts/<slug:name>/enrollment-token",
+        hostadmin.issue_token,
+        name="host-enrollment-token",
+    ),
+    path(
+        "hosts/<slug:name>/revoke-tokens",
+        hostadmin.revoke_tokens,
+        name="host-revoke-tokens",
+    ),
+    path("hosts/<slug:name>/delete", hostadmin.delete_node, name="host-delete"),
     path("services/", hosts.service_map, name="services"),
     path("healthz", views.healthz, name="healthz"),
 ]

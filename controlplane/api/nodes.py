@@ -48,7 +48,7 @@ from controlplane.api.nodeserializers import (
     StatusReportSerializer,
 )
 from controlplane.api.permissions import IsOperatorOrReadOnly
-from controlplane.models import Node
+from controlplane.models import Node, NodeToken
 from controlplane.nodereports import ingest
 from controlplane.nodestatus import views_for
 from controlplane.nodetokens import (
@@ -263,7 +263,9 @@ class NodeStatusView(APIView):
         report = StatusReportSerializer(data=data)
         report.is_valid(raise_exception=True)
         # IsOwnNode checked that the token's node is this one: no second query.
-        ingest(request.auth.node, dict(report.data), timezone.now())
+        token = request.auth
+        assert isinstance(token, NodeToken)  # the only authenticator here
+        ingest(token.node, dict(report.data), timezone.now())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

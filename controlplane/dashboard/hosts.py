@@ -19,6 +19,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from controlplane import nodestatus
+from controlplane.dashboard.access import is_operator
+from controlplane.dashboard.hostforms import admin_context
 from controlplane.dashboard.hostrows import (
     counts_of,
     placements,
@@ -41,11 +43,8 @@ def _page(
     return render(request, template, context)
 
 
-@never_cache
-@login_required
-@require_safe
-def host_list(request: HttpRequest) -> HttpResponse:
-    """Every node: its state, labels, last report, revisions and service counts."""
+def host_list_page(request: HttpRequest, admin: dict[str, object]) -> HttpResponse:
+    """The node list with the operator forms in ``admin`` (see ``admin_context``)."""
     now = timezone.now()
     rows = [
         {"view": view, "revisions": revision_pairs(view), "counts": counts_of(view)}
@@ -55,8 +54,16 @@ def host_list(request: HttpRequest) -> HttpResponse:
         request,
         "controlplane/hosts.html",
         "controlplane/includes/hosts_table.html",
-        {"rows": rows, "now": now},
+        {"rows": rows, "now": now} | admin,
     )
+
+
+@never_cache
+@login_required
+@require_safe
+def host_list(request: HttpRequest) -> HttpResponse:
+    """Every node: its state, labels, last report, revisions and service counts."""
+    return host_list_page(request, admin_context(request))
 
 
 @never_cache
@@ -79,6 +86,7 @@ def host_detail(request: HttpRequest, name: str) -> HttpResponse:
         "transitions": list(transitions),
         "transitions_shown": TRANSITIONS_SHOWN,
         "now": now,
+        "can_manage": is_operator(request.user),
     }
     return _page(
         request,
