@@ -185,6 +185,12 @@ class Agent:
         )
         for name in self._resolved.prepared.keys() - self._vms.keys():
             self.status.upsert_service(name, state="stopped", last_error="")
+        # A service that left the config without a VM (it never started) has no
+        # remove action to take its status with it.
+        wanted = self._resolved.prepared.keys() | self._resolved.errors.keys()
+        for service in self.status.snapshot().services:
+            if service.name not in wanted and service.name not in self._vms:
+                self.status.remove_service(service.name)
         for name, error in sorted(self._resolved.errors.items()):
             log.error(
                 "service cannot run service=%s revision=%s error=%s",

@@ -368,3 +368,18 @@ def test_images_are_synced_before_start_and_a_missing_one_fails_its_service(
     assert "missing.ext4" in got[bad].last_error
     assert "not in bucket" in got[bad].last_error
     assert list(node.vmm_pids()) == [web]
+
+
+def test_a_failed_service_removed_from_the_config_leaves_the_status(
+    node: Node,
+) -> None:
+    web, bad = node.name("web"), node.name("zbad")
+    node.publish(
+        [node.service("web"), node.service("zbad", kernel=str(node.root / "nope"))]
+    )
+    agent = agent_for(node)
+    agent.tick()
+    assert states(agent)[bad][0] == "failed"
+    node.publish([node.service("web")])
+    agent.tick()
+    assert set(states(agent)) == {web}
