@@ -67,7 +67,9 @@ class NodeNetwork:
         self.owner = jailer.uid if jailer else None
         self.group = jailer.gid if jailer else None
         self._bridge_ready = False
-        self._rules: Ruleset | None = None
+        self._rules: Ruleset | None = None  # as last applied
+        self._prepared: Mapping[str, Prepared] | None = None
+        self._built = Ruleset({})  # the rules for ``_prepared``
         self._syncs = 0
 
     def ensure_bridge(self) -> None:
@@ -107,9 +109,14 @@ class NodeNetwork:
     def sync_rules(self, prepared: Mapping[str, Prepared]) -> bool:
         """Apply the rules for ``prepared`` when they changed or drifted.
 
-        Returns True when rules were (re)applied.
+        Returns True when rules were (re)applied. The agent passes the same
+        mapping until the desired state changes, so the rules are only built
+        again then, not on every tick.
         """
-        rules = rules_for(self.config, prepared)
+        if prepared is not self._prepared or self._rules is None:
+            self._built = rules_for(self.config, prepared)
+            self._prepared = prepared
+        rules = self._built
         self._syncs += 1
         drifted = False
         if rules == self._rules and self._syncs % DRIFT_CHECK_EVERY == 0:

@@ -60,6 +60,8 @@ class Supervisor:
         self._unhealthy: dict[str, str] = {}
         self._failed_starts: set[str] = set()
         self._targets: dict[str, Target] = {}
+        self._monitored_for: Mapping[str, Prepared] | None = None
+        self._monitored_running: frozenset[str] = frozenset()
         self._held: dict[str, float] = {}  # service -> when its restart is due
 
     # -- threads
@@ -217,9 +219,18 @@ class Supervisor:
     def monitor(
         self, prepared: Mapping[str, Prepared], running: Collection[str]
     ) -> None:
-        """Probe exactly the running services that have a health check."""
+        """Probe exactly the running services that have a health check.
+
+        Called every tick; the targets are only worked out again when the
+        desired state (a new mapping) or the set of running services changed.
+        """
         if self.health is None:
             return
+        running_now = frozenset(running)
+        if prepared is self._monitored_for and running_now == self._monitored_running:
+            return
+        # The mapping itself is kept (not its id): a new one can never match.
+        self._monitored_for, self._monitored_running = prepared, running_now
         targets = {}
         for name in running:
             p = prepared.get(name)
