@@ -28,11 +28,17 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from pytest_django import live_server_helper
 
 from controlplane.objectstore import LocalStore, ObjectStore, S3Store
+from tests.browsersupport import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.netns import Namespaces
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+    from pytest_django import Settings
+    from pytest_django.live_server_helper import LiveServer
+
     from tests.agentsupport import Node
     from tests.nsagent import NsAgent
 
@@ -331,3 +337,48 @@ def net(
     node, agent, ns = node_with_agent(namespaces, tmp_path)
     yield node, agent, ns
     node.cleanup()
+
+
+# -- browser tests (constants in tests/browsersupport.py)
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[LiveServer]:
+    """pytest-django's live server, on 127.0.0.1 and for one module at a time.
+
+    It overrides the session-wide fixture of the same name (pytest-django's own
+    helpers still apply it: settings, transactional database), so that its thread
+    is stopped when the module ends: later tests check that no other thread runs
+    before they fork.
+    """
+    server = live_server_helper.LiveServer("127.0.0.1")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium for the module; each test gets its own context (cookies)."""
+    # imported here: only browser tests pay for Playwright
+    from playwright.sync_api import sync_playwright
+
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        # Playwright's sync API keeps an event loop running in this thread, which
+        # Django takes for async code and refuses the ORM. The tests' ORM calls
+        # are plain synchronous code, so the check does not apply to them.
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, settings: Settings) -> Iterator[Page]:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    yield page
+    context.close()

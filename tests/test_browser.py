@@ -7,18 +7,17 @@ downloaded one. Every test saves screenshots under ``artifacts/screenshots/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from pytest_django import Settings, live_server_helper
+from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
 from controlplane.models import Revision
 from controlplane.objectstore import LocalStore
+from tests.browsersupport import SCREENSHOTS
 from tests.dashboard_data import (
     COMPUTE,
     EDGE,
@@ -38,60 +37,7 @@ from tests.dashboard_data import (
     tasks_queued_not_run,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-TIMEOUT_MS = 10_000
-
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(scope="module")
-def live_server() -> Iterator[LiveServer]:
-    """pytest-django's live server, on 127.0.0.1 and for this module only.
-
-    It overrides the session-wide fixture of the same name (pytest-django's own
-    helpers still apply it: settings, transactional database), so that its thread
-    is stopped when the module ends: later tests check that no other thread runs
-    before they fork.
-    """
-    server = live_server_helper.LiveServer("127.0.0.1")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the module; each test gets its own context (cookies)."""
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        # Playwright's sync API keeps an event loop running in this thread, which
-        # Django takes for async code and refuses the ORM. The tests' ORM calls
-        # are plain synchronous code, so the check does not apply to them.
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, settings: Settings) -> Iterator[Page]:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 @pytest.fixture

@@ -14,13 +14,8 @@ from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
 from controlplane.models import EnrollmentToken, Node
+from tests.browsersupport import SCREENSHOTS
 from tests.dashboard_data import PASSWORD, make_user
-from tests.test_browser import (  # noqa: F401 - fixtures
-    SCREENSHOTS,
-    browser,
-    live_server,
-    page,
-)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,8 +28,8 @@ def empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_operator_registers_a_node_and_sees_its_token_once(
-    page: Page,  # noqa: F811 - the imported fixture
-    live_server: LiveServer,  # noqa: F811
+    page: Page,
+    live_server: LiveServer,
     empty_store: None,
 ) -> None:
     make_user("alice", operator=True)

@@ -8,20 +8,18 @@ screenshots under ``artifacts/screenshots/hosts-*.png``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-from pytest_django import Settings, live_server_helper
+from playwright.sync_api import Locator, Page, expect
 from pytest_django.live_server_helper import LiveServer
 
 from controlplane.models import Node, NodeTransition
 from controlplane.nodereports import ingest
+from tests.browsersupport import SCREENSHOTS
 from tests.dashboard_data import GENERAL_V1, PASSWORD, SHA_A, SHA_C, WIRED, make_user
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS
 from tests.test_dashboard_hosts import (
     agent_report,
     make_fleet,
@@ -35,38 +33,6 @@ GREEN = "rgb(220, 252, 231)"  # --ok-bg
 REFRESH_TIMEOUT_MS = 12_000
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(scope="module")
-def live_server() -> Iterator[LiveServer]:
-    """The live server for this module only, stopped when the module ends."""
-    server = live_server_helper.LiveServer("127.0.0.1")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the module; each test gets its own context (cookies)."""
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        # As in test_browser.py: Playwright's event loop would make Django
-        # refuse the tests' plain synchronous ORM calls.
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, settings: Settings) -> Iterator[Page]:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 @pytest.fixture
