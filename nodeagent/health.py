@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 STATUS_LINE_MAX: Final = 1024  # bytes read from a response: the status line only
 USER_AGENT: Final = "firework-agent"
+# While a guest boots (its grace period, before its first pass) it is probed at
+# least this often, so a fast boot turns healthy at once, not an interval later.
+BOOT_PROBE_INTERVAL: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,26 +150,37 @@ class _Watch:
     """The monitor's state for one service."""
 
     target: Target
-    checks_from: float  # end of the grace period
+    probes_from: float  # when the VM (re)started, or monitoring began
+    grace_until: float  # failures before this do not count
     health: HealthState = "unknown"
     failures: int = 0
     reported: bool = False  # on_unhealthy was called for this failure streak
     last_probe: float | None = None
     epoch: int = 0  # bumped when results of probes in flight no longer count
 
+    def booting(self, now: float) -> bool:
+        """In the grace period and never passed since the start."""
+        return now < self.grace_until and self.health != "healthy"
+
     def due_at(self) -> float:
         if self.last_probe is None:
-            return self.checks_from
-        return max(self.checks_from, self.last_probe + self.target.interval)
+            return self.probes_from
+        step = self.target.interval
+        if self.booting(self.last_probe):
+            step = min(step, BOOT_PROBE_INTERVAL)
+        return self.last_probe + step
 
 
 class HealthMonitor:
     """Probes every monitored service on schedule and reports the results.
 
-    A service is checked every ``interval`` once ``grace`` has passed since it
-    started (see :meth:`started`) or was first given to :meth:`set_targets`.
-    Its health is "unknown" until the first success; a failure changes it only
-    when ``retries`` checks failed in a row: then it turns "unhealthy" and
+    A service is probed from when it started (see :meth:`started`) or was first
+    given to :meth:`set_targets`, every ``interval``. For ``grace`` seconds after
+    that its failures do not count (the guest is still booting) and, until its
+    first pass, it is probed at least every :data:`BOOT_PROBE_INTERVAL`, so a
+    guest that boots fast turns healthy at once. Its health is "unknown" until
+    the first success; a failure changes it only when ``retries`` counted checks
+    failed in a row: then it turns "unhealthy" and
     ``on_unhealthy(service, reason)`` is called, once for that streak. Every
     result is recorded with the current failure count and error.
     ``on_healthy(service)`` is called whenever a service turns healthy.
@@ -212,7 +226,7 @@ class HealthMonitor:
             for name, target in targets.items():
                 watch = self._watches.get(name)
                 if watch is None:
-                    self._watches[name] = _Watch(target, checks_from=now + self._grace)
+                    self._watches[name] = _Watch(target, now, now + self._grace)
                     self._record(name, self._watches[name])
                 elif watch.target != target:
                     same = watch.target.same_endpoint(target)
@@ -230,7 +244,8 @@ class HealthMonitor:
             watch = self._watches.get(service)
             if watch is None:
                 return
-            watch.checks_from = (self._clock() if at is None else at) + self._grace
+            watch.probes_from = self._clock() if at is None else at
+            watch.grace_until = watch.probes_from + self._grace
             watch.last_probe = None
             self._restart_streak(service, watch)
             self._cond.notify()
@@ -324,6 +339,10 @@ class HealthMonitor:
                     log.info("service healthy service=%s", name)
                     on_healthy = self._on_healthy
                     return None if on_healthy is None else lambda: on_healthy(name)
+                return None
+            if watch.booting(self._clock()):
+                # Still booting: show why it does not answer yet, count nothing.
+                self._record(name, watch, reason)
                 return None
             watch.failures += 1
             if watch.failures >= watch.target.retries:

@@ -369,20 +369,39 @@ def test_a_slow_guest_does_not_delay_other_services(net, recorder, start_monitor
     assert call.error == "timeout after 0.5s"
 
 
-def test_no_probe_before_the_grace_period_ends(net, recorder, start_monitor):
+def test_failures_in_the_grace_period_do_not_count_but_are_shown(
+    net, recorder, start_monitor
+):
     guest = net.guests[0]
-    monitor = start_monitor(grace=0.5)
+    guest.set("fail")
+    monitor = start_monitor(grace=1.0)
     began = time.monotonic()
 
-    monitor.set_targets({"web": target(guest, interval=1.0)})
-    monitor.started("web", at=began)
-    time.sleep(0.3)
-    assert recorder.snapshot().services[0].health.status == "unknown"
-    recorder.wait_for("healthy")
+    monitor.set_targets({"web": target(guest, interval=5.0, retries=1)})
+    time.sleep(0.8)
+    health = recorder.snapshot().services[0].health
+    assert (health.status, health.failures) == ("unknown", 0)
+    assert health.last_error == "http 503"
+    assert recorder.of("on_unhealthy") == []
+    # probed while booting every 0.5 s, not every (5 s) interval
+    assert len(guest.hits()) >= 2
 
-    [first] = guest.hits()
-    # the first probe comes at the end of the grace, not an interval later
-    assert began + 0.5 <= first < began + 0.5 + 0.2
+    [call] = recorder.wait_for("on_unhealthy")
+    assert call.at >= began + 1.0
+
+
+def test_a_pass_in_the_grace_period_is_healthy_at_once(net, recorder, start_monitor):
+    guest = net.guests[0]
+    monitor = start_monitor(grace=5.0)
+    began = time.monotonic()
+
+    monitor.set_targets({"web": target(guest, interval=5.0)})
+
+    [call] = recorder.wait_for("on_healthy")
+    assert call.at < began + 0.5
+    # healthy: back to the service's own interval
+    time.sleep(1.0)
+    assert len(guest.hits()) == 1
 
 
 def test_started_begins_a_new_streak_after_a_new_grace(net, recorder, start_monitor):
@@ -398,7 +417,8 @@ def test_started_begins_a_new_streak_after_a_new_grace(net, recorder, start_moni
     health = recorder.snapshot().services[0].health
     assert (health.status, health.failures) == ("unknown", 0)
     [_, second] = recorder.wait_for("on_unhealthy", count=2)
-    assert all(not restarted < t < restarted + 0.3 for t in guest.hits())
+    # probed during the new grace, but its failures only counted after it
+    assert any(restarted <= t < restarted + 0.3 for t in guest.hits())
     assert second.at >= restarted + 0.3
 
 
