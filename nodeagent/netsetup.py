@@ -10,6 +10,7 @@ the rules the agent would apply.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Collection, Mapping
 from ipaddress import IPv4Network
 
@@ -67,6 +68,8 @@ class NodeNetwork:
         self.owner = jailer.uid if jailer else None
         self.group = jailer.gid if jailer else None
         self._bridge_ready = False
+        # VM starts run in parallel: one netlink socket, one bridge creation.
+        self._lock = threading.RLock()
         self._rules: Ruleset | None = None  # as last applied
         self._prepared: Mapping[str, Prepared] | None = None
         self._built = Ruleset({})  # the rules for ``_prepared``
@@ -74,36 +77,41 @@ class NodeNetwork:
 
     def ensure_bridge(self) -> None:
         """Create and address the bridge once (and again after a failure)."""
-        if not self._bridge_ready:
+        with self._lock:
+            if self._bridge_ready:
+                return
             self.host.ensure_bridge()
             self._bridge_ready = True
-            log.info(
-                "bridge ready bridge=%s gateway=%s",
-                self.config.vm_bridge,
-                self.config.vm_gateway,
-            )
+        log.info(
+            "bridge ready bridge=%s gateway=%s",
+            self.config.vm_bridge,
+            self.config.vm_gateway,
+        )
 
     def tap_up(self, service: ServiceConfig) -> None:
         """The service's TAP exists, on the bridge, up (networked services only)."""
         if service.network is None:
             return
-        self.ensure_bridge()
-        self.host.ensure_tap(
-            service.network.interface, owner=self.owner, group=self.group
-        )
+        with self._lock:
+            self.ensure_bridge()
+            self.host.ensure_tap(
+                service.network.interface, owner=self.owner, group=self.group
+            )
 
     def tap_down(self, tap: str | None) -> None:
         """Remove a TAP a stopped VM used, if any."""
         if tap:
-            self.host.remove_tap(tap)
+            with self._lock:
+                self.host.remove_tap(tap)
             log.info("tap removed tap=%s", tap)
 
     def remove_leftovers(self, keep: Collection[str]) -> list[str]:
         """Delete ``fw-`` TAPs no service uses (say, after a crash mid-removal)."""
-        gone = sorted(self.host.taps(TAP_PREFIX) - set(keep))
-        for tap in gone:
-            self.host.remove_tap(tap)
-            log.info("leftover tap removed tap=%s", tap)
+        with self._lock:
+            gone = sorted(self.host.taps(TAP_PREFIX) - set(keep))
+            for tap in gone:
+                self.host.remove_tap(tap)
+                log.info("leftover tap removed tap=%s", tap)
         return gone
 
     def sync_rules(self, prepared: Mapping[str, Prepared]) -> bool:

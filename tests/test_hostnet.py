@@ -329,3 +329,52 @@ def test_a_guest_on_the_bridge_reaches_the_gateway_over_tcp(host, node, namespac
         listener.wait()
 
     assert answer.stdout.strip() == f"hello {GUEST_IP} you said ping"
+
+
+def test_parallel_vm_starts_share_one_new_bridge(node: str) -> None:
+    """Several VMs starting at once on a node without its bridge yet: each TAP
+    comes up on the one bridge (the first start used to race the second one's
+    bridge creation and fail with "File exists")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyroute2 import netns as pyroute2_netns
+
+    from nodeagent.config import AgentConfig
+    from nodeagent.netsetup import NodeNetwork
+    from nodeagent.spec.node import ServiceConfig
+
+    config = AgentConfig(
+        node_name="n1", store_type="local", store_dir="/nonexistent",
+        vm_bridge=BRIDGE, vm_subnet="172.30.0.0/24", vm_gateway=GATEWAY,
+    )  # fmt: skip
+    services = [
+        ServiceConfig.model_validate(
+            {
+                "name": f"svc{i}",
+                "image": "/i",
+                "kernel": "/k",
+                "vcpus": 1,
+                "memory_mb": 128,
+                "kernel_args": "console=ttyS0",
+                "network": True,
+            }
+        )
+        for i in range(6)
+    ]
+
+    def start_all() -> None:
+        pyroute2_netns.setns(node, flags=0)
+        network = NodeNetwork(config)
+        try:
+            # threads made here inherit this thread's namespace
+            with ThreadPoolExecutor(len(services)) as pool:
+                list(pool.map(network.tap_up, services))
+        finally:
+            network.close()
+
+    with ThreadPoolExecutor(1) as outer:
+        outer.submit(start_all).result()
+
+    for i in range(len(services)):
+        assert link(node, f"fw-svc{i}")["master"] == BRIDGE
+    assert ipv4_addresses(node, BRIDGE) == [f"{GATEWAY}/24"]
