@@ -45,6 +45,9 @@ def run(config: AgentConfig, *, once: bool = False, stop_vms: bool = False) -> i
     2 when the store cannot even be set up (an unreadable secret file).
     """
     logging.basicConfig(level=LOG_LEVELS[config.log_level], format=LOG_FORMAT)
+    if config.log_level != "debug":
+        # one line per request: every status report, every tick, is noise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         agent = Agent(config)
     except StoreError as exc:
