@@ -100,6 +100,8 @@ class Agent:
             from nodeagent.reporter import Reporter  # httpx: only when reporting
 
             self.reporter = Reporter.from_config(config, self.status)
+            if self.reporter is not None:
+                self.status.on_change(self.reporter.notify)
         self._wake = threading.Event()
         self.supervisor = Supervisor(config, self.status, self.wake)
         self._image_errors: dict[str, str | None] = {}

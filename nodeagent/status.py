@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -126,6 +126,17 @@ class AgentStatus:
         self._stale_since: datetime | None = None
         self._services: dict[str, ServiceStatus] = {}
         self._ticks = TickStats()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (outside the lock) whenever a service changes its
+        state, pid or health verdict, appears or goes: the reporter sends such
+        moments (a VM restarting) as they happen, not only after the tick."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def set_config(self, node: str, labels: Iterable[str]) -> None:
         """Record the node name and the labels (node types) it fetches."""
@@ -197,7 +208,9 @@ class AgentStatus:
                     updated, health=_configured(updated.health, health_configured)
                 )
             self._services[name] = updated
-            return updated
+        if (current.state, current.pid) != (updated.state, updated.pid):
+            self._changed()
+        return updated
 
     def record_restart(self, name: str, error: str = "") -> None:
         """Count one restart of ``name``, keeping ``error`` as its last error."""
@@ -208,11 +221,14 @@ class AgentStatus:
                 restarts=current.restarts + 1,
                 last_error=error or current.last_error,
             )
+        self._changed()
 
     def remove_service(self, name: str) -> None:
         """Forget a service that no longer belongs on this node."""
         with self._lock:
-            self._services.pop(name, None)
+            gone = self._services.pop(name, None)
+        if gone is not None:
+            self._changed()
 
     def record_health(
         self,
@@ -235,6 +251,8 @@ class AgentStatus:
                 last_error=last_error,
             )
             self._services[name] = replace(current, health=health)
+        if current.health.status != status:
+            self._changed()
 
     def record_tick(self, seconds: float) -> None:
         """Count one reconcile tick that took ``seconds``."""

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from controlplane.models import Node as NodeRecord
+from controlplane.models import NodeTransition
 from controlplane.nodetokens import issue_enrollment_token
 from tests.agentsupport import Node
 from tests.fcdouble.testing import wait_for
@@ -52,7 +53,7 @@ def test_agent_enrolls_reports_and_a_killed_vm_shows_restarting_then_running(
         control_plane_url=live_server.url,
         control_plane_enrollment_token_file=str(node.root / "enroll"),
         control_plane_token_file=str(node.root / "secrets" / "token"),
-        heartbeat_interval="300ms",
+        heartbeat_interval="30s",  # reports come from changes and ticks
     )
     agent = node.start_agent()
     pid = agent.wait_running([web])[web]
@@ -85,5 +86,15 @@ def test_agent_enrolls_reports_and_a_killed_vm_shows_restarting_then_running(
     )
     assert services_of(node.label)[web]["restarts"] == 1
     new_pid = services_of(node.label)[web]["pid"]
+    # The moment it was restarting reached the control plane as it happened
+    # (the agent reports state changes at once, not only after its tick).
+    changes = [
+        (t.old_value, t.new_value)
+        for t in NodeTransition.objects.filter(service=web, field="state").order_by(
+            "id"
+        )
+    ]
+    assert changes[-2:] == [("running", "starting"), ("starting", "running")]
     page = admin_client.get(f"/hosts/{node.label}/").content.decode()
     assert str(new_pid) in page and str(pid) not in page
+    assert "<td>starting</td>" in page  # in the recent transitions

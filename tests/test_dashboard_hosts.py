@@ -427,3 +427,10 @@ def test_odd_report_entries_still_render() -> None:
     assert desired_of(None) is None
     assert parse_time("2026-02-05T12:00:00Z") == datetime(2026, 2, 5, 12, tzinfo=UTC)
     assert parse_time("soon") is None
+
+
+def test_a_service_starting_again_after_a_restart_reads_restarting() -> None:
+    again = actual_of({"state": "starting", "pid": 0, "restarts": 2})
+    first = actual_of({"state": "starting", "pid": 0, "restarts": 0})
+    assert again is not None and again.state == "restarting"
+    assert first is not None and first.state == "starting"

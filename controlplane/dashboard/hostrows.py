@@ -162,8 +162,11 @@ def actual_of(entry: Mapping[str, Any] | None) -> Actual | None:
     health = health if isinstance(health, Mapping) else {}
     restarts = entry.get("restarts")
     pid = entry.get("pid")
+    state = _text(entry.get("state"))
+    if state == "starting" and isinstance(restarts, int) and restarts > 0:
+        state = "restarting"  # starting again after a crash or failed checks
     return Actual(
-        state=_text(entry.get("state")),
+        state=state,
         # Agents report 0 for "no process", as the original did.
         pid=_text(pid) if pid else "",
         guest_ip=_text(entry.get("guest_ip")),
