@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import IO, Any
 
-from tests.fcdouble.guest import StandInBackend
+from tests.fcdouble.guest import GuestBackend, StandInBackend
 from tests.fcdouble.schema import definitions
 from tests.fcdouble.vmm import Vmm
 
@@ -197,16 +197,30 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(float(os.environ.get("FCDOUBLE_BIND_DELAY", "0")))
     log = RequestLog(os.environ.get("FCDOUBLE_LOG", f"{sock}.requests.jsonl"))
-    backend = StandInBackend(
-        ignore_cad=os.environ.get("FCDOUBLE_GUEST") == "ignore-cad"
-    )
+
+    def resolve_path(path: str) -> str:
+        return in_chroot(chroot, path)
+
+    backend: GuestBackend
+    kind = os.environ.get("FCDOUBLE_BACKEND") or "standin"
+    if kind == "qemu":
+        from tests.fcdouble.qemu import QemuBackend  # only QEMU users pay for it
+
+        backend = QemuBackend(resolve_path)
+    elif kind == "standin":
+        backend = StandInBackend(
+            ignore_cad=os.environ.get("FCDOUBLE_GUEST") == "ignore-cad"
+        )
+    else:
+        print(f"fcdouble: unknown FCDOUBLE_BACKEND {kind!r}", file=sys.stderr)
+        return 2
     faults = parse_faults(os.environ.get("FCDOUBLE_FAIL", ""))
     vmm = Vmm(
         instance_id,
         backend,
         faults,
         on_guest_exit=lambda _: os._exit(0),
-        resolve_path=lambda path: in_chroot(chroot, path),
+        resolve_path=resolve_path,
     )
     try:
         server = ApiServer(sock, vmm, log)

@@ -2,8 +2,8 @@
 
 ``InstanceStart`` hands the VM configuration to a :class:`GuestBackend`. The
 default backend starts this module as a child process whose lifetime is the
-guest's: the double exits when it exits, and it dies when the double dies. A QEMU
-backend can implement the same interface to boot real guests.
+guest's: the double exits when it exits, and it dies when the double dies.
+:mod:`tests.fcdouble.qemu` implements the same interface to boot real guests.
 
 Run as ``python -m tests.fcdouble.guest PARENT_PID [--ignore-cad]
 [--panic-after SECONDS]``; SIGUSR1 stands for the Ctrl-Alt-Del key sequence,
@@ -23,6 +23,10 @@ from typing import Any, Protocol
 PR_SET_PDEATHSIG = 1
 
 
+class GuestBootError(Exception):
+    """The backend could not start the guest; InstanceStart fails with this."""
+
+
 class Guest(Protocol):
     """A booted guest, as seen by the VMM."""
 
@@ -37,7 +41,10 @@ class GuestBackend(Protocol):
     """Boots a guest from the VMM's configuration (``GET /vm/config`` shape)."""
 
     def boot(self, config: dict[str, Any]) -> Guest:
-        """Start the guest; it runs until it reboots, panics or the VMM dies."""
+        """Start the guest; it runs until it reboots, panics or the VMM dies.
+
+        Raises :class:`GuestBootError` when the guest cannot be started.
+        """
 
 
 class StandInGuest:

@@ -48,12 +48,15 @@ def kill_group(pid: int) -> None:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of a pid, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+    """Direct children of a pid, from /proc: those of every one of its threads
+    (a thread's ``children`` file lists only the processes it forked)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def alive(pid: int) -> bool:

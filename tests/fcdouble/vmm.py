@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.fcdouble import schema
-from tests.fcdouble.guest import Guest, GuestBackend
+from tests.fcdouble.guest import Guest, GuestBackend, GuestBootError
 
 VERSION = "1.16.1"
 AFTER_START = "The requested operation is not supported after starting the microVM."
@@ -327,7 +327,11 @@ class Vmm:
             if self.boot_source is None:
                 raise Fault(NO_KERNEL)
             self._injected(action)
-            self._start()
+            try:
+                self._start()
+            except GuestBootError as exc:
+                # Firecracker stays in the pre-boot phase after a failed start.
+                raise Fault(f"Start microvm error: {exc}") from exc
             return Reply(204)
         if not self.started:
             raise Fault(BEFORE_START)
