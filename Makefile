@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/agent_tick.py
 	$(BIN)/python bench/image_sync.py
 	$(BIN)/python bench/status_ingest.py
+	$(BIN)/python bench/e2e_latency.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
