@@ -1,16 +1,19 @@
 """Deterministic guest IPs and MACs for the networked services of one node.
 
-Pure: the same services and subnet always give the same addresses, whatever the
-order of the input. Networked services sorted by name take host addresses of the
-subnet from the first one upward, skipping the gateway and addresses pinned in
-hand-written configs. A guest's MAC is derived from its IP (``AA:FC`` and the four
-address bytes), so two guests share a MAC only if they share an IP, which never
-happens. Services that do not fit get an error instead of an address.
+Pure: the same services, subnet and kept addresses always give the same
+addresses, whatever the order of the input. Addresses pinned in hand-written
+configs come first; then a service keeps the address its VM already has (so
+adding or removing another service never renumbers, and so never restarts, the
+rest); the others, sorted by name, take host addresses of the subnet from the
+first one upward, skipping the gateway and every address taken. A guest's MAC
+is derived from its IP (``AA:FC`` and the four address bytes), so two guests
+share a MAC only if they share an IP, which never happens. Services that do not
+fit get an error instead of an address.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -49,19 +52,27 @@ def derived_mac(ip: IPv4Address) -> str:
 
 
 def assign_addresses(
-    services: Iterable[ServiceConfig], subnet: str, gateway: str
+    services: Iterable[ServiceConfig],
+    subnet: str,
+    gateway: str,
+    keep: Mapping[str, str] | None = None,
 ) -> Addressing:
     """Assign a guest IP and MAC to every networked service, or say why not.
 
+    ``keep`` maps a service to the IP its VM has now; a service without a pinned
+    address keeps it while it is still a free host address of ``subnet``.
     Raises ``ValueError`` when ``subnet`` or ``gateway`` is invalid: that is a
     config error of the whole node, not of one service.
     """
     net, gw = _parse(subnet, gateway)
     networked = sorted((s for s in services if s.network), key=lambda s: s.name)
     plan = _Plan(net, gw)
-    # Pinned addresses first, so automatic assignment can never take them.
+    # Pinned addresses first, so neither a kept nor an automatic one takes them.
     for service in networked:
         plan.reserve_pinned(service)
+    for service in networked:
+        if service.name not in plan.errors:
+            plan.reserve_kept(service, (keep or {}).get(service.name))
     for service in networked:
         if service.name not in plan.errors:
             plan.assign(service)
@@ -96,6 +107,7 @@ class _Plan:
         self.mac_owner: dict[str, str] = {}
         self.assigned: dict[str, Assigned] = {}
         self.errors: dict[str, str] = {}
+        self.kept: dict[str, IPv4Address] = {}
         # Candidates only move upward, so assigning n services costs O(n).
         self._candidates = self._hosts()
         # Hosts minus the gateway; the count in the exhaustion message.
@@ -129,6 +141,23 @@ class _Plan:
         if mac is not None:
             self.mac_owner[mac] = service.name
 
+    def reserve_kept(self, service: ServiceConfig, current: str | None) -> None:
+        """Hold the address the service's VM has now, when it may keep it."""
+        assert service.network is not None
+        if current is None or service.network.guest_ip is not None:
+            return
+        try:
+            ip = IPv4Address(current)
+        except ValueError:
+            return  # a record from elsewhere: assign afresh
+        mac = service.network.guest_mac or derived_mac(ip)
+        if self._ip_problems(service.name, ip) or ip in self.ip_owner:
+            return
+        if self.mac_owner.get(mac, service.name) != service.name:
+            return
+        self.ip_owner[ip] = service.name
+        self.kept[service.name] = ip
+
     def _ip_problems(self, name: str, ip: IPv4Address) -> list[str]:
         where = f"network.guest_ip {ip}"
         if ip not in self.net:
@@ -147,6 +176,8 @@ class _Plan:
         name, pinned_mac = service.name, service.network.guest_mac
         if service.network.guest_ip is not None:
             ip: IPv4Address | None = IPv4Address(service.network.guest_ip)
+        elif name in self.kept:
+            ip = self.kept[name]
         else:
             ip = self._next_free(name, needs_mac=pinned_mac is None)
         if ip is None:

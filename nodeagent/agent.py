@@ -183,7 +183,10 @@ class Agent:
         self._desired = desired
         self._revision = ",".join(r[:12] for r in desired.revisions.values())
         self._resolved = resolve(
-            desired.config.services, self.config.vm_subnet, self.config.vm_gateway
+            desired.config.services,
+            self.config.vm_subnet,
+            self.config.vm_gateway,
+            keep=vm.recorded_addresses(self.state_dir),
         )
         for name in self._resolved.prepared.keys() - self._vms.keys():
             self.status.upsert_service(name, state="stopped", last_error="")
@@ -222,7 +225,12 @@ class Agent:
                 continue  # it died in the meantime: the plan recreates it
             self._vms[running.name] = vm.handle_of(state, self.state_dir)
             self._monitored.pop(running.name, None)  # the plan re-applies these
-            self.status.upsert_service(running.name, state="running", pid=state.pid)
+            self.status.upsert_service(
+                running.name,
+                state="running",
+                pid=state.pid,
+                guest_ip=vm.guest_ip_of(state.spec) or "",
+            )
             self.supervisor.adopted(running.name, state.pid)
         for outcome in report.failed:
             self.status.upsert_service(

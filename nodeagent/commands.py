@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent import adopt
+from nodeagent import adopt, vm
 from nodeagent.agent import Agent
 from nodeagent.config import AgentConfig
 from nodeagent.httpapi import start_api
@@ -96,12 +96,16 @@ def plan(config: AgentConfig, node_configs: Sequence[Path]) -> int:
         return 1
     from nodeagent.netsetup import rules_for  # pyroute2: only for plan and run
 
-    resolved = resolve(desired.config.services, config.vm_subnet, config.vm_gateway)
-    actual = _actual_from_disk(Path(config.state_dir))
+    state_dir = Path(config.state_dir)
+    addresses = vm.recorded_addresses(state_dir)
+    resolved = resolve(
+        desired.config.services, config.vm_subnet, config.vm_gateway, addresses
+    )
+    actual = _actual_from_disk(state_dir)
     keep = resolved.errors.keys()
     result = make_plan(
         [p.service for p in resolved.prepared.values()],
-        [vm for vm in actual if vm.name not in keep],
+        [found for found in actual if found.name not in keep],
         specs={name: p.spec for name, p in resolved.prepared.items()},
     )
     document: dict[str, Any] = {

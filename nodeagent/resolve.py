@@ -9,7 +9,7 @@ instead; the others are unaffected.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,13 +70,19 @@ class Resolved:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def resolve(services: Sequence[ServiceConfig], subnet: str, gateway: str) -> Resolved:
+def resolve(
+    services: Sequence[ServiceConfig],
+    subnet: str,
+    gateway: str,
+    keep: Mapping[str, str] | None = None,
+) -> Resolved:
     """Prepare every service of the node for ``subnet`` with ``gateway``.
 
-    Raises ``ValueError`` only for a bad subnet or gateway, which the agent
-    config validation already refuses.
+    ``keep``: the guest IP each service's VM has now (see
+    :func:`~nodeagent.addressing.assign_addresses`). Raises ``ValueError`` only
+    for a bad subnet or gateway, which the agent config validation refuses.
     """
-    addressing = assign_addresses(services, subnet, gateway)
+    addressing = assign_addresses(services, subnet, gateway, keep)
     envs, link_errors = resolve_links(services, addressing)
     prepared: dict[str, Prepared] = {}
     errors: dict[str, str] = {}

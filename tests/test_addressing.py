@@ -295,3 +295,50 @@ def test_same_services_in_any_order_give_the_same_addresses(
     assert set(first.assigned) | set(first.errors) == set(service_names)
     assert not set(first.assigned) & set(first.errors)
     assert len({a.ip for a in first.assigned.values()}) == len(first.assigned)
+
+
+def test_removing_a_service_that_sorts_first_moves_no_other_address() -> None:
+    before = assign_addresses([svc("api"), svc("web")], "172.16.0.0/24", "172.16.0.1")
+    assert ips(before) == {"api": "172.16.0.2", "web": "172.16.0.3"}
+
+    after = assign_addresses([svc("web")], "172.16.0.0/24", "172.16.0.1", ips(before))
+    assert ips(after) == {"web": "172.16.0.3"}
+    assert after.assigned["web"] == before.assigned["web"]
+    # a new service takes the lowest free address, not one a running VM has
+    added = assign_addresses(
+        [svc("web"), svc("db"), svc("zed")], "172.16.0.0/24", "172.16.0.1", ips(after)
+    )
+    assert ips(added) == {"web": "172.16.0.3", "db": "172.16.0.2", "zed": "172.16.0.4"}
+
+
+@pytest.mark.parametrize(
+    ("kept", "why"),
+    [
+        ("10.0.0.9", "outside the subnet"),
+        ("172.16.0.1", "the gateway"),
+        ("172.16.0.255", "the broadcast address"),
+        ("172.16.0.7", "pinned by another service"),
+        ("not-an-ip", "not an address"),
+    ],
+)
+def test_a_kept_address_that_is_no_longer_usable_is_assigned_afresh(
+    kept: str, why: str
+) -> None:
+    services = [svc("web"), svc("pin", network={"guest_ip": "172.16.0.7"})]
+    result = assign_addresses(services, "172.16.0.0/24", "172.16.0.1", {"web": kept})
+    assert result.errors == {}, why
+    assert ips(result) == {"web": "172.16.0.2", "pin": "172.16.0.7"}, why
+
+
+def test_a_pinned_address_wins_over_what_the_vm_has_now() -> None:
+    services = [svc("web", network={"guest_ip": "172.16.0.9"})]
+    result = assign_addresses(
+        services, "172.16.0.0/24", "172.16.0.1", {"web": "172.16.0.3"}
+    )
+    assert ips(result) == {"web": "172.16.0.9"}
+
+
+def test_two_services_recorded_with_one_address_keep_it_once() -> None:
+    kept = {"a": "172.16.0.5", "b": "172.16.0.5"}
+    result = assign_addresses([svc("a"), svc("b")], "172.16.0.0/24", "172.16.0.1", kept)
+    assert ips(result) == {"a": "172.16.0.5", "b": "172.16.0.2"}

@@ -49,6 +49,32 @@ def test_kill_9_and_restart_adopts_every_vm_with_the_same_pids(node: Node) -> No
     assert status["phase"] == "running"
 
 
+def test_removing_a_service_keeps_the_others_addresses_and_vms(node: Node) -> None:
+    """Addresses go by sorted name, but a VM keeps the one it has: removing
+    ``api`` (which sorts first) restarts nothing else, and neither does an agent
+    restart afterwards (its first config is resolved against the VMs on disk)."""
+    api, web = node.name("api"), node.name("web")
+    node.publish([node.service("api"), node.service("web")])
+    node.write_config()
+    agent = node.start_agent()
+    pids = agent.wait_running([api, web])
+    web_ip = agent.services()[web]["guest_ip"]
+    assert agent.services()[api]["guest_ip"] < web_ip
+
+    node.publish([node.service("web")])
+    wait_for(lambda: api not in agent.services(), timeout=20, what="api removed")
+    assert agent.services()[web]["pid"] == pids[web]
+    assert agent.services()[web]["guest_ip"] == web_ip
+
+    agent.kill9()
+    again = node.start_agent()
+    assert again.wait_running([web]) == {web: pids[web]}
+    first = again.ticks()
+    wait_for(lambda: again.ticks() >= first + 3, what="three more ticks")
+    assert again.services()[web]["pid"] == pids[web]
+    assert again.services()[web]["guest_ip"] == web_ip
+
+
 def test_a_killed_vmm_is_recreated_on_the_next_tick(node: Node) -> None:
     web = node.name("web")
     node.publish([node.service("web")])
