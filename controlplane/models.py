@@ -217,6 +217,10 @@ class Node(models.Model):
     last_report = models.JSONField(null=True, blank=True)
     last_report_at = models.DateTimeField(null=True, blank=True)
     agent_version = models.CharField(max_length=100, blank=True)
+    # What the transitions compare (each service's state and health status) in
+    # the latest report, hashed: an unchanged report is then stored without
+    # reading the previous one. Written only with last_report, by ingest.
+    states_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]

@@ -7,12 +7,13 @@ byte by byte with what a client sent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from controlplane.models import EnrollmentToken, Node, NodeToken
@@ -94,19 +95,73 @@ def revoke_node_tokens(node: Node) -> int:
 
 
 def node_token_for(token: str, now: datetime | None = None) -> NodeToken | None:
-    """The live node token matching ``token``, its use recorded; else ``None``."""
+    """The live node token matching ``token``, its use recorded; else ``None``.
+
+    One query finds the token and the node fields an ingest and the node
+    permissions read (id, name, states digest); the node's other fields, its
+    large last report among them, load only if something reads them. Every
+    status report starts here, which is why this is SQL rather than a queryset:
+    compiling the join cost more CPU than running it.
+    """
     if not token.startswith(NODE_PREFIX):
         return None
-    record = (
-        NodeToken.objects.select_related("node")
-        .filter(token_sha256=token_sha256(token), revoked_at__isnull=True)
-        .first()
-    )
-    if record is None:
-        return None
     now = now or timezone.now()
-    last = record.last_used_at
-    if last is None or now - last >= LAST_USED_PRECISION:
-        NodeToken.objects.filter(pk=record.pk).update(last_used_at=now)
+    row = _live_token_row(token_sha256(token), now - LAST_USED_PRECISION)
+    if row is None:
+        return None
+    token_id, node_id, name, digest, used_long_ago = row
+    db = router.db_for_read(NodeToken)
+    record = NodeToken.from_db(db, ["id", "node_id"], [token_id, node_id])
+    record.node = Node.from_db(
+        db, ["id", "name", "states_digest"], [node_id, name, digest]
+    )
+    if used_long_ago:
+        NodeToken.objects.filter(pk=token_id).update(last_used_at=now)
         record.last_used_at = now
     return record
+
+
+# A live token, its node's fields an ingest reads, and whether the token's
+# last use is older than the first parameter (then it is recorded again).
+_LIVE_CREDENTIAL_SQL = """
+SELECT t.{token_id}, n.{node_id}, n.{name}, n.{states_digest},
+       CASE WHEN t.{last_used_at} IS NULL OR t.{last_used_at} <= %s
+            THEN 1 ELSE 0 END
+  FROM {token_table} t JOIN {node_table} n ON n.{node_id} = t.{token_node}
+ WHERE t.{token_sha256} = %s AND t.{revoked_at} IS NULL
+"""
+
+
+@functools.cache
+def _live_token_sql(alias: str) -> str:
+    """The query with the models' table and column names, quoted for ``alias``."""
+    quote = connections[alias].ops.quote_name
+    token, node = NodeToken._meta, Node._meta
+    names = {
+        "token_table": token.db_table,
+        "node_table": node.db_table,
+        "token_id": token.pk.column,
+        "token_node": token.get_field("node").column,
+        "last_used_at": token.get_field("last_used_at").column,
+        "token_sha256": token.get_field("token_sha256").column,
+        "revoked_at": token.get_field("revoked_at").column,
+        "node_id": node.pk.column,
+        "name": node.get_field("name").column,
+        "states_digest": node.get_field("states_digest").column,
+    }
+    return _LIVE_CREDENTIAL_SQL.format_map({k: quote(v) for k, v in names.items()})
+
+
+def _live_token_row(
+    sha256: str, used_before: datetime
+) -> tuple[int, int, str, str, int] | None:
+    """Token id, node id, name, states digest, and whether its use is to record."""
+    alias = router.db_for_read(NodeToken)
+    conn = connections[alias]
+    with conn.cursor() as cursor:
+        cursor.execute(
+            _live_token_sql(alias),
+            [conn.ops.adapt_datetimefield_value(used_before), sha256],
+        )
+        row = cursor.fetchone()
+    return None if row is None else tuple(row)

@@ -382,3 +382,38 @@ def page(browser: Browser, settings: Settings) -> Iterator[Page]:
     page = context.new_page()
     yield page
     context.close()
+
+
+# -- nodes with node tokens, for the API tests of node credentials and reports
+
+
+@pytest.fixture
+def node_a(db: None) -> Any:
+    """Node ``node-a`` with the label ``general-purpose``."""
+    from controlplane.models import Node
+
+    return Node.objects.create(name="node-a", labels=["general-purpose"])
+
+
+@pytest.fixture
+def node_b(db: None) -> Any:
+    """Node ``node-b`` with the label ``compute``."""
+    from controlplane.models import Node
+
+    return Node.objects.create(name="node-b", labels=["compute"])
+
+
+@pytest.fixture
+def token_a(node_a: Any) -> str:
+    """A node token of ``node-a``."""
+    from controlplane.nodetokens import issue_node_token
+
+    return issue_node_token(node_a)
+
+
+@pytest.fixture
+def token_b(node_b: Any) -> str:
+    """A node token of ``node-b``."""
+    from controlplane.nodetokens import issue_node_token
+
+    return issue_node_token(node_b)

@@ -13,46 +13,39 @@ from typing import TYPE_CHECKING, Any
 from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
+from controlplane.api.nodebearer import KEYWORD, bearer_node_token
 from controlplane.api.permissions import IsOperatorOrReadOnly
 from controlplane.models import NodeToken
-from controlplane.nodetokens import NODE_PREFIX, node_token_for
+from controlplane.nodetokens import node_token_for
 
 if TYPE_CHECKING:
     # only for annotations: importing it here would be circular, since
     # rest_framework.views loads the authentication classes of the settings
     from rest_framework.views import APIView
 
-KEYWORD = "Bearer"
+# The WWW-Authenticate header of a 401 where a node token is taken.
+CHALLENGE = f'{KEYWORD} realm="api"'
+REFUSED_CREDENTIAL = "invalid or revoked node token"
 
 
 class NodeTokenAuthentication(BaseAuthentication):
     """``Authorization: Bearer fwn_...``: a node token; other headers pass on."""
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, NodeToken] | None:
-        token = self._token(request)
+        token = bearer_node_token(request)
         if token is None:
             return None
         record = node_token_for(token)
         if record is None:
-            raise exceptions.AuthenticationFailed("invalid or revoked node token")
+            raise exceptions.AuthenticationFailed(REFUSED_CREDENTIAL)
         return AnonymousUser(), record
 
-    def _token(self, request: Request) -> str | None:
-        parts = get_authorization_header(request).split()
-        if len(parts) != 2 or parts[0].decode("latin-1") != KEYWORD:
-            return None
-        try:
-            token = parts[1].decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        return token if token.startswith(NODE_PREFIX) else None
-
     def authenticate_header(self, request: Request) -> str:
-        return f'{KEYWORD} realm="api"'
+        return CHALLENGE
 
 
 class NodeTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]

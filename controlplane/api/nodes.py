@@ -8,22 +8,18 @@ and status endpoint (see :mod:`controlplane.api.nodeauth`).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, NoReturn
 
-from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.decorators import action
 from rest_framework.exceptions import (
-    APIException,
     NotAuthenticated,
-    ParseError,
     PermissionDenied,
 )
 from rest_framework.permissions import AllowAny
@@ -48,8 +44,8 @@ from controlplane.api.nodeserializers import (
     StatusReportSerializer,
 )
 from controlplane.api.permissions import IsOperatorOrReadOnly
-from controlplane.models import Node, NodeToken
-from controlplane.nodereports import ingest
+from controlplane.api.statusreports import NODE_CREDENTIAL_WANTED, receive_report
+from controlplane.models import Node
 from controlplane.nodestatus import views_for
 from controlplane.nodetokens import (
     EnrollmentRefused,
@@ -57,16 +53,9 @@ from controlplane.nodetokens import (
     issue_enrollment_token,
     revoke_node_tokens,
 )
-from controlplane.webhook_body import (
-    Rejected,
-    body_stream,
-    declared_length,
-    read_capped,
-)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REPORT_MAX_BYTES = 256 * 1024
 # What the schema lists for endpoints a node token may not call (Any: the
 # stubs type ``auth`` as names, drf-spectacular takes these requirements).
 USERS_ONLY: Any = [{"tokenAuth": []}, {"cookieAuth": []}]
@@ -79,28 +68,6 @@ def _node_or_user_auth() -> list[type[BaseAuthentication]]:
         api_settings.DEFAULT_AUTHENTICATION_CLASSES  # type: ignore[arg-type]
     )
     return [NodeTokenAuthentication, *users]
-
-
-def report_max_bytes() -> int:
-    """The largest status report accepted, in bytes."""
-    return int(
-        getattr(settings, "FIREWORK_NODE_REPORT_MAX_BYTES", DEFAULT_REPORT_MAX_BYTES)
-    )
-
-
-class ReportTooLarge(APIException):
-    """A status report over the size limit."""
-
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "the report is too large"
-    default_code = "report_too_large"
-
-
-class BodyRefused(APIException):
-    """A report body that cannot be read: bad or missing ``Content-Length``."""
-
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "body_refused"
 
 
 @extend_schema_view(
@@ -212,61 +179,43 @@ class NodeRevokeTokensView(APIView):
         return Response(RevokedSerializer({"revoked": revoked}).data)
 
 
-def _read_report(request: Request) -> Any:
-    """The JSON body, refused over the size limit before it is read."""
-    django_request = request._request
-    meta = django_request.META
-    limit = report_max_bytes()
-    try:
-        length = declared_length(meta, limit)
-        stream = body_stream(django_request, meta)
-        body = read_capped(stream, length=length, limit=limit, sink=lambda _: None)
-    except Rejected as exc:
-        if exc.status == status.HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-            raise ReportTooLarge(exc.message) from None
-        raise BodyRefused(exc.message) from None
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParseError(f"the body is not JSON: {exc}") from None
-
-
 class NodeStatusView(APIView):
-    """``POST nodes/<name>/status``: the node's own status report."""
+    """``POST nodes/<name>/status``: the node's own status report.
+
+    POST is answered by :func:`~controlplane.api.statusreports.receive_report`
+    without DRF's request handling (it comes from every node every tick); the
+    class describes it in the schema and answers the other methods.
+    """
 
     # Users' credentials are not even looked at: a session's CSRF check could
     # read the body before its size is checked.
     authentication_classes = [NodeTokenAuthentication]
     permission_classes = [IsOwnNode]
 
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            return receive_report(request, kwargs["name"])
+        return super().dispatch(request, *args, **kwargs)
+
     def permission_denied(
         self, request: Request, message: str | None = None, code: str | None = None
     ) -> NoReturn:
         if not request.successful_authenticator:
-            raise NotAuthenticated(
-                "this endpoint takes a node token: Authorization: Bearer fwn_..."
-            )
+            raise NotAuthenticated(NODE_CREDENTIAL_WANTED)
         super().permission_denied(request, message, code)
 
     @extend_schema(
         summary="Report this node's status (its node token only)",
+        description="``POST nodes/<name>/status``: the node's own status report.",
         request=StatusReportSerializer,
         responses={
             204: OpenApiResponse(description="stored"),
             413: OpenApiResponse(description="the report is over the size limit"),
         },
     )
-    def post(self, request: Request, name: str) -> Response:
-        data = _read_report(request)
-        if not isinstance(data, dict):
-            raise ParseError("the body must be a JSON object")
-        report = StatusReportSerializer(data=data)
-        report.is_valid(raise_exception=True)
-        # IsOwnNode checked that the token's node is this one: no second query.
-        token = request.auth
-        assert isinstance(token, NodeToken)  # the only authenticator here
-        ingest(token.node, dict(report.data), timezone.now())
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def post(self, request: Request, name: str) -> HttpResponse:
+        """Not reached through :meth:`dispatch`; the schema reads it."""
+        return receive_report(request._request, name)
 
 
 class NodeActualView(APIView):
