@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import yaml
@@ -368,9 +369,34 @@ def _agent(
     return Agent(config_path, env, workdir / "agent.log", port)
 
 
+def over_unix_socket(url: str) -> str:
+    """``url`` of a PostgreSQL server, rewritten to reach it over its Unix socket.
+
+    The scene's namespace has a loopback of its own, where the suite's server
+    (on the machine's 127.0.0.1) does not listen; Unix sockets are not bound to
+    a network namespace. Other URLs come back as they are.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return url
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW unix_socket_directories").fetchone()
+    directories = [d.strip() for d in str(row[0] if row else "").split(",")]
+    directory = next((d for d in directories if d.startswith("/")), None)
+    if directory is None:
+        raise SceneError(f"PostgreSQL has no Unix socket directory: {row}")
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@" if user else ""
+    netloc += f"{quote(directory, safe='')}:{parts.port or 5432}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 @contextmanager
 def scene(workdir: Path, database_base_url: str = "") -> Iterator[Scene]:
     """Start everything in a namespace of its own; yield the scene, then stop all."""
+    database_base_url = over_unix_socket(database_base_url)
     guest = ensure_test_guest()
     images = workdir / "images"
     images.mkdir(parents=True)
