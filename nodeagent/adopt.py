@@ -332,3 +332,29 @@ def _contains(live: Any, wanted: Any, key: str = "") -> bool:
 
 
 __all__ = ["API_TIMEOUT", "AdoptionReport", "Found", "Outcome", "adopt", "scan"]
+
+
+def recorded_addresses(state_dir: Path) -> dict[str, str]:
+    """The guest IP recorded for each VM under ``state_dir``, by service.
+
+    What the node's VMs have now, so that resolving a new config keeps them
+    (see :func:`nodeagent.addressing.assign_addresses`).
+    """
+    found: dict[str, str] = {}
+    try:
+        vm_dirs = [p for p in (Path(state_dir) / "vms").iterdir() if p.is_dir()]
+    except OSError:
+        return found
+    for vm_dir in vm_dirs:
+        state = vm.inspect(vm_dir)
+        ip = guest_ip_of(state.spec) if state is not None else None
+        if state is not None and ip is not None:
+            found[state.service] = ip
+    return found
+
+
+def guest_ip_of(spec: dict[str, Any]) -> str | None:
+    """The guest IP an applied spec records, if it has a network."""
+    network = spec.get("network")
+    ip = network.get("guest_ip") if isinstance(network, dict) else None
+    return ip if isinstance(ip, str) else None

@@ -186,7 +186,7 @@ class Agent:
             desired.config.services,
             self.config.vm_subnet,
             self.config.vm_gateway,
-            keep=vm.recorded_addresses(self.state_dir),
+            keep=adopt.recorded_addresses(self.state_dir),
         )
         for name in self._resolved.prepared.keys() - self._vms.keys():
             self.status.upsert_service(name, state="stopped", last_error="")
@@ -229,7 +229,7 @@ class Agent:
                 running.name,
                 state="running",
                 pid=state.pid,
-                guest_ip=vm.guest_ip_of(state.spec) or "",
+                guest_ip=adopt.guest_ip_of(state.spec) or "",
             )
             self.supervisor.adopted(running.name, state.pid)
         for outcome in report.failed:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent import adopt, vm
+from nodeagent import adopt
 from nodeagent.agent import Agent
 from nodeagent.config import AgentConfig
 from nodeagent.httpapi import start_api
@@ -97,7 +97,7 @@ def plan(config: AgentConfig, node_configs: Sequence[Path]) -> int:
     from nodeagent.netsetup import rules_for  # pyroute2: only for plan and run
 
     state_dir = Path(config.state_dir)
-    addresses = vm.recorded_addresses(state_dir)
+    addresses = adopt.recorded_addresses(state_dir)
     resolved = resolve(
         desired.config.services, config.vm_subnet, config.vm_gateway, addresses
     )
