@@ -44,10 +44,13 @@ FAKES = ("mount", "mountpoint", "ip", "arping", "hostname", "sync", "reboot")
 TIMEOUT = 30.0
 IP_ARG = "ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off"
 
-# One line per call: the tool's name and its arguments.
+# One line per call: the tool's name and its arguments, written at once, since
+# fc-init runs arping in the background while it calls the other tools.
 FAKE_TOOL = r"""#!/bin/sh
 name=${0##*/}
-{ printf '%s' "$name"; for a in "$@"; do printf ' %s' "$a"; done; echo; } >>"$FAKE_CALLS"
+line=$name
+for a in "$@"; do line="$line $a"; done
+printf '%s\n' "$line" >>"$FAKE_CALLS"
 for last in "$@"; do :; done
 case $name in
 mountpoint)
