@@ -213,6 +213,9 @@ CSRF_COOKIE_HTTPONLY = True  # no script of ours reads it
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Scrapers and load balancers probe these over plain HTTP inside the network;
+# a redirect would only break them (/metrics checks its own callers).
+SECURE_REDIRECT_EXEMPT = [r"^metrics$", r"^healthz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 if env_bool("SECURE_PROXY_SSL_HEADER", False):

@@ -370,3 +370,12 @@ def test_with_a_multiprocess_dir_a_scrape_adds_up_every_process(
     assert value(samples, "firework_node_reports_total", outcome="ok") == 2
     assert value(samples, "firework_node_report_ingest_duration_seconds_count") == 2
     assert not any(name == "firework_nodes" for name, _ in samples)
+
+
+@pytest.mark.django_db
+def test_metrics_and_healthz_are_not_redirected_to_https(settings: Settings) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+    client = Client()  # a new handler reads the switch
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/hosts/").status_code == 301
