@@ -58,10 +58,15 @@ def test_agent_enrolls_reports_and_a_killed_vm_shows_restarting_then_running(
     agent = node.start_agent()
     pid = agent.wait_running([web])[web]
 
+    # Reports also go out mid-tick, as services change; the revisions applied
+    # by the first tick come with the report after it.
     wait_for(
-        lambda: services_of(node.label).get(web, {}).get("state") == "running",
+        lambda: (
+            services_of(node.label).get(web, {}).get("state") == "running"
+            and bool(report_of(node.label).get("revisions"))
+        ),
         timeout=20,
-        what=f"first report\n{agent.tail()}",
+        what=f"first report after a tick\n{agent.tail()}",
     )
     token_file = node.root / "secrets" / "token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
