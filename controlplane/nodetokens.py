@@ -12,8 +12,10 @@ import hashlib
 import logging
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connections, router, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane.models import EnrollmentToken, Node, NodeToken
@@ -47,11 +49,49 @@ def new_token(prefix: str) -> str:
 
 
 def issue_enrollment_token(node: Node) -> tuple[str, EnrollmentToken]:
-    """Make a one-time enrollment token for ``node``; the token is shown once."""
+    """Make a one-time enrollment token for ``node``; the token is shown once.
+
+    The node's unused enrollment tokens are cancelled with it, so a node has at
+    most one that works: the last one shown. A token lost before it was copied,
+    or shown again by a re-sent form, then leaves nothing usable behind.
+    """
     token = new_token(ENROLLMENT_PREFIX)
-    record = EnrollmentToken.objects.create(node=node, token_sha256=token_sha256(token))
-    log.info("enrollment token issued node=%s id=%s", node.name, record.pk)
+    with transaction.atomic():
+        superseded = _cancel_pending(node)
+        record = EnrollmentToken.objects.create(
+            node=node, token_sha256=token_sha256(token)
+        )
+    log.info(
+        "enrollment token issued node=%s id=%s superseded=%s",
+        node.name,
+        record.pk,
+        superseded,
+    )
     return token, record
+
+
+def pending_enrollment(node_name: str) -> EnrollmentToken | None:
+    """The enrollment token of the node named so that still works, if any."""
+    return _pending(node__name=node_name).first()
+
+
+def cancel_enrollment_tokens(node: Node) -> int:
+    """Make the node's unused enrollment tokens stop working; returns how many."""
+    count = _cancel_pending(node)
+    log.info("enrollment tokens cancelled node=%s count=%s", node.name, count)
+    return count
+
+
+def _pending(**node: Any) -> QuerySet[EnrollmentToken]:
+    """Unused, unexpired enrollment tokens of the node the keywords select."""
+    return EnrollmentToken.objects.filter(
+        used_at__isnull=True, expires_at__gt=timezone.now(), **node
+    )
+
+
+def _cancel_pending(node: Node) -> int:
+    """Expire the node's unused tokens now: a cancelled token is an expired one."""
+    return _pending(node=node).update(expires_at=timezone.now())
 
 
 def issue_node_token(node: Node) -> str:

@@ -43,6 +43,11 @@ urlpatterns: list[URLPattern] = [
         name="host-enrollment-token",
     ),
     path(
+        "hosts/<slug:name>/cancel-enrollment",
+        hostadmin.cancel_enrollment,
+        name="host-cancel-enrollment",
+    ),
+    path(
         "hosts/<slug:name>/revoke-tokens",
         hostadmin.revoke_tokens,
         name="host-revoke-tokens",

@@ -62,6 +62,7 @@ def test_anonymous_is_refused_everywhere(node_a: Node):
     assert client.get(node_url("node-a", "actual")).status_code == 401
     assert client.post(LIST, {"name": "x", "labels": []}).status_code == 401
     assert client.post(node_url("node-a", "enrollment-tokens/")).status_code == 401
+    assert client.delete(node_url("node-a", "enrollment-tokens/")).status_code == 401
     assert client.post(node_url("node-a", "revoke-tokens")).status_code == 401
     assert post_report(client, "node-a", report()).status_code == 401
 
@@ -75,6 +76,7 @@ def test_a_reader_reads_but_cannot_write(people: Personas, node_a: Node):
     assert created.status_code == 403
     assert bob.delete(node_url("node-a")).status_code == 403
     assert bob.post(node_url("node-a", "enrollment-tokens/")).status_code == 403
+    assert bob.delete(node_url("node-a", "enrollment-tokens/")).status_code == 403
     assert bob.post(node_url("node-a", "revoke-tokens")).status_code == 403
 
 
@@ -158,6 +160,7 @@ def test_a_node_cannot_read_another(token_a: str, node_b: Node):
         ("post", LIST),
         ("delete", node_url("node-a")),
         ("post", node_url("node-a", "enrollment-tokens/")),
+        ("delete", node_url("node-a", "enrollment-tokens/")),
         ("post", node_url("node-a", "revoke-tokens")),
     ],
 )
@@ -261,6 +264,44 @@ def test_enrollment_gives_a_node_token_once(people: Personas, node_a: Node):
     stored = [*NodeToken.objects.values_list("token_sha256", flat=True)]
     stored += EnrollmentToken.objects.values_list("token_sha256", flat=True)
     assert token not in stored and enrollment not in stored
+
+
+def enroll_status(token: str) -> int:
+    response = APIClient().post(
+        node_url("node-a", "enroll"), {"enrollment_token": token}, format="json"
+    )
+    return response.status_code
+
+
+def test_a_new_enrollment_token_cancels_the_unused_one(
+    people: Personas, node_a: Node
+):
+    alice = token_client(people.alice_token)
+    first = alice.post(node_url("node-a", "enrollment-tokens/")).json()["token"]
+    second = alice.post(node_url("node-a", "enrollment-tokens/")).json()["token"]
+
+    assert enroll_status(first) == 403
+    assert enroll_status(second) == 201
+
+
+def test_an_operator_cancels_the_unused_enrollment_token(
+    people: Personas, node_a: Node, node_b: Node
+):
+    alice = token_client(people.alice_token)
+    token = alice.post(node_url("node-a", "enrollment-tokens/")).json()["token"]
+    other, _record = issue_enrollment_token(node_b)
+
+    cancelled = alice.delete(node_url("node-a", "enrollment-tokens/"))
+    again = alice.delete(node_url("node-a", "enrollment-tokens/"))
+
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"cancelled": 1}
+    assert again.json() == {"cancelled": 0}
+    assert enroll_status(token) == 403
+    other_node = APIClient().post(
+        node_url("node-b", "enroll"), {"enrollment_token": other}, format="json"
+    )
+    assert other_node.status_code == 201
 
 
 def first_refusal() -> dict[str, str]:

@@ -45,6 +45,9 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/nodes/{name}/enrollment-tokens/", "post"): (
         "nodes_enrollment_tokens_create"
     ),
+    ("/api/v1/nodes/{name}/enrollment-tokens/", "delete"): (
+        "nodes_enrollment_tokens_destroy"
+    ),
     ("/api/v1/nodes/{name}/revoke-tokens", "post"): "nodes_revoke_tokens_create",
     ("/api/v1/nodes/{name}/status", "post"): "nodes_status_create",
     ("/api/v1/nodes/{name}/desired", "get"): "nodes_desired_retrieve",

@@ -146,6 +146,7 @@ def test_non_operators_see_no_forms(bob: Client, host: Node) -> None:
     [
         ("post", "/hosts/register"),
         ("post", "/hosts/host-17/enrollment-token"),
+        ("post", "/hosts/host-17/cancel-enrollment"),
         ("post", "/hosts/host-17/revoke-tokens"),
         ("get", "/hosts/host-17/delete"),
         ("post", "/hosts/host-17/delete"),
@@ -164,6 +165,7 @@ def test_non_operators_get_403(bob: Client, host: Node, method: str, path: str) 
     [
         "/hosts/register",
         "/hosts/host-17/enrollment-token",
+        "/hosts/host-17/cancel-enrollment",
         "/hosts/host-17/revoke-tokens",
         "/hosts/host-17/delete",
     ],
@@ -234,6 +236,54 @@ def test_token_is_neither_in_the_url_nor_logged(
     assert response.status_code == 200  # shown in this answer, no redirect
     assert token.group(0) not in caplog.text
     assert "enrollment token issued from the dashboard node=host-17" in caplog.text
+
+
+def enrolls(token: str) -> bool:
+    """Whether the agent of host-17 gets a node token for ``token``."""
+    response = Client().post(
+        "/api/v1/nodes/host-17/enroll",
+        {"enrollment_token": token},
+        content_type="application/json",
+    )
+    assert response.status_code in (201, 403)
+    return response.status_code == 201
+
+
+def test_a_new_token_cancels_the_unused_one(alice: Client, host: Node) -> None:
+    """A re-sent form, or a second click, leaves only the token shown last working."""
+    first = issue(alice)
+    second = issue(alice)
+    assert not enrolls(first)
+    assert enrolls(second)
+
+
+def test_the_node_page_shows_the_unused_token_and_cancels_it(
+    alice: Client, host: Node
+) -> None:
+    before = alice.get("/hosts/host-17/").content.decode()
+    assert "An unused enrollment token" not in before
+    assert "Cancel the unused enrollment token" not in before
+
+    token = issue(alice)
+    page = alice.get("/hosts/host-17/").content.decode()
+    assert "An unused enrollment token, issued" in page
+    assert "Cancel the unused enrollment token" in page
+    assert token not in page
+
+    response = alice.post("/hosts/host-17/cancel-enrollment", follow=True)
+    page = response.content.decode()
+    assert "Cancelled the unused enrollment token of host-17." in page
+    assert "An unused enrollment token" not in page
+    assert not enrolls(token)
+
+    again = alice.post("/hosts/host-17/cancel-enrollment", follow=True)
+    assert "host-17 had no unused enrollment token." in again.content.decode()
+
+
+def test_a_used_token_is_not_shown_as_pending(alice: Client, host: Node) -> None:
+    assert enrolls(issue(alice))
+    page = alice.get("/hosts/host-17/").content.decode()
+    assert "An unused enrollment token" not in page
 
 
 def test_issuing_for_an_unknown_node_is_404(alice: Client) -> None:

@@ -35,6 +35,7 @@ from controlplane.api.nodeauth import (
     requesting_node,
 )
 from controlplane.api.nodeserializers import (
+    CancelledSerializer,
     EnrolledSerializer,
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
@@ -49,6 +50,7 @@ from controlplane.models import Node
 from controlplane.nodestatus import views_for
 from controlplane.nodetokens import (
     EnrollmentRefused,
+    cancel_enrollment_tokens,
     enroll,
     issue_enrollment_token,
     revoke_node_tokens,
@@ -120,15 +122,28 @@ class NodeViewSet(
         instance.delete()
 
     @extend_schema(
+        methods=["POST"],
         summary="Make a one-time enrollment token for this node (operators)",
+        description="The token is in this answer only and expires after a day. "
+        "The node's earlier unused enrollment token stops working.",
         auth=USERS_ONLY,
         request=None,
         responses={201: EnrollmentTokenSerializer},
     )
-    @action(detail=True, methods=["post"], url_path="enrollment-tokens")
+    @extend_schema(
+        methods=["DELETE"],
+        summary="Cancel the node's unused enrollment token (operators)",
+        auth=USERS_ONLY,
+        request=None,
+        responses={200: CancelledSerializer},
+    )
+    @action(detail=True, methods=["post", "delete"], url_path="enrollment-tokens")
     def enrollment_tokens(self, request: Request, name: str, **kwargs: Any) -> Response:
-        """The token is in this answer only; it expires after a day."""
+        """POST issues a token, DELETE cancels the unused ones."""
         node = self.get_object()
+        if request.method == "DELETE":
+            cancelled = cancel_enrollment_tokens(node)
+            return Response(CancelledSerializer({"cancelled": cancelled}).data)
         token, record = issue_enrollment_token(node)
         body = EnrollmentTokenSerializer(
             {"token": token, "expires_at": record.expires_at}

@@ -205,6 +205,12 @@ class RevokedSerializer(serializers.Serializer[dict[str, Any]]):
     revoked = serializers.IntegerField(read_only=True)
 
 
+class CancelledSerializer(serializers.Serializer[dict[str, Any]]):
+    """How many unused enrollment tokens were cancelled (0 or 1)."""
+
+    cancelled = serializers.IntegerField(read_only=True)
+
+
 class HealthReportSerializer(serializers.Serializer[dict[str, Any]]):
     """The latest health check of one service."""
 

@@ -20,7 +20,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from controlplane.dashboard.hostforms import NodeForm, admin_context, operator_only
 from controlplane.dashboard.hosts import host_list_page
 from controlplane.models import Node
-from controlplane.nodetokens import issue_enrollment_token, revoke_node_tokens
+from controlplane.nodetokens import (
+    cancel_enrollment_tokens,
+    issue_enrollment_token,
+    revoke_node_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,26 @@ def issue_token(request: HttpRequest, name: str) -> HttpResponse:
         "token_file": ENROLLMENT_TOKEN_FILE,
     }
     return render(request, "controlplane/host_enrollment.html", context)
+
+
+@login_required
+@require_POST
+def cancel_enrollment(request: HttpRequest, name: str) -> HttpResponse:
+    """Make the node's unused enrollment tokens stop working; say how many."""
+    operator_only(request)
+    node = get_object_or_404(Node, name=name)
+    count = cancel_enrollment_tokens(node)
+    log.info(
+        "enrollment tokens cancelled from the dashboard node=%s count=%s user=%s",
+        node.name,
+        count,
+        request.user.get_username(),
+    )
+    if count:
+        messages.success(request, f"Cancelled the unused enrollment token of {name}.")
+    else:
+        messages.info(request, f"{name} had no unused enrollment token.")
+    return redirect("controlplane:host", name=node.name)
 
 
 @login_required

@@ -28,6 +28,7 @@ from controlplane.dashboard.hostrows import (
     service_rows,
 )
 from controlplane.models import Node, NodeTransition
+from controlplane.nodetokens import pending_enrollment
 
 TRANSITIONS_SHOWN = 50
 REFRESH_SECONDS = 5
@@ -88,6 +89,8 @@ def host_detail(request: HttpRequest, name: str) -> HttpResponse:
         "now": now,
         "can_manage": is_operator(request.user),
     }
+    if context["can_manage"]:
+        context["enrollment"] = pending_enrollment(name)
     return _page(
         request,
         "controlplane/host.html",
