@@ -1,26 +1,29 @@
 """The node configs published for node types, as node status compares them.
 
 Each label's config is read from the object store (``nodes/<label>.yaml``) and
-validated as an agent validates it; its SHA-256 names the newest revision that
-published that content, and so the Git commit it came from.
+checked by :mod:`controlplane.publishedconfigs`; its content names the newest
+revision that published it, and so the Git commit it came from.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
 from django.db.models import Q
 
-from controlplane.models import Node, NodeConfigOutput, Revision
-from controlplane.objectstore import InvalidKey, ObjectNotFound, ObjectStore
+from controlplane.models import Node
+from controlplane.objectstore import InvalidKey, ObjectStore
 from controlplane.objectstore import store_from_env as _store_from_env
 from controlplane.publish import node_config_key
-from nodeagent.spec import validate_node_config
+from controlplane.publishedconfigs import (
+    StoredConfig,
+    publishing_outputs,
+    publishing_revisions,
+    read_stored,
+)
 
 
 @dataclass(frozen=True)
@@ -68,59 +71,33 @@ def load_published(
     found: dict[str, PublishedLabel] = {}
     for label in sorted(set(labels)):
         try:
-            stored = store.get(node_config_key(label))
-        except (ObjectNotFound, InvalidKey):
-            continue  # not published, or no node type an agent could fetch
-        found[label] = parse_label(label, stored.data, stored.etag)
-    commits = publishing_commits({(c.node_type, c.sha256) for c in found.values()})
+            stored = read_stored(store, node_config_key(label))
+        except InvalidKey:
+            continue  # no node type an agent could fetch
+        if stored is not None:
+            found[label] = published_label(stored)
+    revisions = publishing_revisions((c.node_type, c.sha256) for c in found.values())
     return {
-        label: replace(config, commit=commits.get((label, config.sha256), ""))
+        label: replace(config, commit=revision.commit_sha)
+        if (revision := revisions.get((label, config.sha256)))
+        else config
         for label, config in found.items()
     }
 
 
-def parse_label(node_type: str, data: bytes, etag: str) -> PublishedLabel:
+def published_label(stored: StoredConfig) -> PublishedLabel:
     """A stored node config as :func:`derive` compares it (no commit yet)."""
-    sha256 = hashlib.sha256(data).hexdigest()
-    key = node_config_key(node_type)
-    try:
-        raw = yaml.safe_load(data.decode("utf-8", errors="replace"))
-    except yaml.YAMLError:
-        return PublishedLabel(node_type, etag.strip('"'), sha256, errors=("bad YAML",))
-    config, errors, _warnings = validate_node_config(raw, key)
     services = {
         service.name: service.model_dump(mode="json")
-        for service in (config.services if config else ())
+        for service in (stored.config.services if stored.config else ())
     }
     return PublishedLabel(
-        node_type,
-        etag.strip('"'),
-        sha256,
+        stored.node_type,
+        stored.etag.strip('"'),
+        stored.sha256,
         services=services,
-        errors=tuple(str(problem) for problem in errors),
+        errors=stored.errors,
     )
-
-
-def _publishing_outputs(query: Q) -> Any:
-    return (
-        NodeConfigOutput.objects.filter(
-            Q(revision__published=True) | Q(revision__status=Revision.Status.SUCCEEDED),
-            query,
-        )
-        .order_by("-revision__queued_at", "-revision_id")
-        .values_list("node_type", "sha256", "etag", "revision__commit_sha")
-    )
-
-
-def publishing_commits(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """(node type, sha256) -> commit of the newest revision that published it."""
-    if not wanted:
-        return {}
-    query = Q(node_type__in={t for t, _ in wanted}, sha256__in={s for _, s in wanted})
-    commits: dict[tuple[str, str], str] = {}
-    for node_type, sha256, _etag, commit in _publishing_outputs(query):
-        commits.setdefault((node_type, sha256), commit)
-    return commits
 
 
 def applied_history(nodes: Iterable[Node]) -> dict[tuple[str, str], str]:
@@ -138,8 +115,11 @@ def applied_history(nodes: Iterable[Node]) -> dict[tuple[str, str], str]:
         return {}
     quoted = {f'"{rev}"' for rev in revisions}
     query = Q(sha256__in=revisions) | Q(etag__in=revisions | quoted)
+    outputs = publishing_outputs(query).values_list(
+        "node_type", "sha256", "etag", "revision__commit_sha"
+    )
     history: dict[tuple[str, str], str] = {}
-    for node_type, sha256, etag, commit in _publishing_outputs(query):
+    for node_type, sha256, etag, commit in outputs:
         history.setdefault((node_type, sha256), commit)
         if etag:
             history.setdefault((node_type, etag.strip('"')), commit)

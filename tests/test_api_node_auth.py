@@ -273,9 +273,7 @@ def enroll_status(token: str) -> int:
     return response.status_code
 
 
-def test_a_new_enrollment_token_cancels_the_unused_one(
-    people: Personas, node_a: Node
-):
+def test_a_new_enrollment_token_cancels_the_unused_one(people: Personas, node_a: Node):
     alice = token_client(people.alice_token)
     first = alice.post(node_url("node-a", "enrollment-tokens/")).json()["token"]
     second = alice.post(node_url("node-a", "enrollment-tokens/")).json()["token"]

@@ -1,13 +1,13 @@
 """Node configs as published in the object store, one per node type.
 
 The API reads the store itself, not the database: what it shows is what agents
-fetch. A config whose SHA-256 matches a revision's output names that revision.
+fetch (through :mod:`controlplane.publishedconfigs`, which also names the
+revision that published each content).
 A store that cannot be reached or is misconfigured gives a 503 with the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -29,22 +29,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.api.permissions import IsOperatorOrReadOnly
-from controlplane.models import NodeConfigOutput
-from controlplane.objectstore import (
-    ObjectNotFound,
-    ObjectStore,
-    ObjectStoreError,
-    store_from_env,
+from controlplane.objectstore import ObjectStore, ObjectStoreError, store_from_env
+from controlplane.publish import node_config_key
+from controlplane.publishedconfigs import (
+    StoredConfig,
+    list_stored,
+    publishing_revisions,
+    read_stored,
 )
-from controlplane.publish import (
-    NODE_SUFFIX,
-    NODES_PREFIX,
-    is_node_config_key,
-    node_config_key,
-)
-from nodeagent.spec import NodeConfig, validate_node_config
+from nodeagent.spec import NodeConfig
 from nodeagent.spec.fields import DNS_LABEL
-from nodeagent.spec.problems import yaml_error
 
 log = logging.getLogger(__name__)
 
@@ -112,36 +106,25 @@ def open_store() -> ObjectStore:
 def read_config(store: ObjectStore, key: str) -> PublishedConfig | None:
     """The config at ``key``; None if it vanished (or never was there)."""
     try:
-        stored = store.get(key)
-    except ObjectNotFound:
-        return None
+        stored = read_stored(store, key)
     except ObjectStoreError as exc:
         log.warning("reading node config failed key=%s error=%s", key, exc)
         raise StoreUnavailable(f"object store unavailable: {exc}") from exc
-    text = stored.data.decode("utf-8", errors="replace")
-    config = PublishedConfig(
-        node_type=key.removeprefix(NODES_PREFIX).removesuffix(NODE_SUFFIX),
-        key=key,
+    return None if stored is None else _published_config(stored)
+
+
+def _published_config(stored: StoredConfig) -> PublishedConfig:
+    return PublishedConfig(
+        node_type=stored.node_type,
+        key=stored.key,
         etag=stored.etag,
-        sha256=hashlib.sha256(stored.data).hexdigest(),
+        sha256=stored.sha256,
         size_bytes=len(stored.data),
-        content=text,
+        content=stored.text,
+        services=_summaries(stored.config) if stored.config else [],
+        errors=list(stored.errors),
+        warnings=list(stored.warnings),
     )
-    _check(config)
-    return config
-
-
-def _check(config: PublishedConfig) -> None:
-    try:
-        raw = yaml.safe_load(config.content)
-    except yaml.YAMLError as exc:
-        config.errors.append(f"{config.key}: {yaml_error(exc)}")
-        return
-    parsed, errors, warnings = validate_node_config(raw, config.key)
-    config.errors.extend(str(problem) for problem in errors)
-    config.warnings.extend(str(problem) for problem in warnings)
-    if parsed is not None:
-        config.services = _summaries(parsed)
 
 
 def _summaries(parsed: NodeConfig) -> list[ServiceSummary]:
@@ -161,29 +144,24 @@ def _summaries(parsed: NodeConfig) -> list[ServiceSummary]:
 def list_configs(store: ObjectStore) -> list[PublishedConfig]:
     """Every node config in the store, sorted by node type."""
     try:
-        keys = [key for key in store.list(NODES_PREFIX) if is_node_config_key(key)]
+        stored = list_stored(store)
     except ObjectStoreError as exc:
         log.warning("listing node configs failed error=%s", exc)
         raise StoreUnavailable(f"object store unavailable: {exc}") from exc
-    configs = [config for key in keys if (config := read_config(store, key))]
+    configs = [_published_config(config) for config in stored]
     attribute_revisions(configs)
     return configs
 
 
 def attribute_revisions(configs: Iterable[PublishedConfig]) -> None:
-    """Name the newest revision (published ones first) that produced each content."""
-    wanted = {(config.node_type, config.sha256): config for config in configs}
-    outputs = (
-        NodeConfigOutput.objects.filter(sha256__in={sha for _node_type, sha in wanted})
-        .select_related("revision__repository")
-        .order_by("revision__published", "revision_id")
-    )
-    # Ascending order: the best match is the last one written into the dict.
-    best = {(out.node_type, out.sha256): out for out in outputs}
-    for match, config in wanted.items():
-        if match in best:
-            config.revision = best[match].revision_id
-            config.repository = best[match].revision.repository.name
+    """Name the newest revision that published each config's content."""
+    configs = list(configs)
+    publishers = publishing_revisions((c.node_type, c.sha256) for c in configs)
+    for config in configs:
+        revision = publishers.get((config.node_type, config.sha256))
+        if revision is not None:
+            config.revision = revision.pk
+            config.repository = revision.repository.name
 
 
 class ServiceSummarySerializer(serializers.Serializer[ServiceSummary]):

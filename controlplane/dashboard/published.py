@@ -1,23 +1,21 @@
 """The node configs the object store serves to agents, as the dashboard shows them.
 
-Each stored config is validated the way an agent validates it, so a config that
-agents would reject is flagged, and matched by content hash to the revision that
-published it.
+Read and checked by :mod:`controlplane.publishedconfigs`: a config that agents
+would reject is flagged, and its content names the revision that published it.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 
-import yaml
-from django.db.models import Q
-
-from controlplane.models import NodeConfigOutput, Revision
-from controlplane.objectstore import ObjectNotFound, ObjectStore
-from controlplane.publish import NODE_SUFFIX, NODES_PREFIX, is_node_config_key
-from nodeagent.spec import HealthCheck, NodeConfig, ServiceConfig, validate_node_config
-from nodeagent.spec.problems import yaml_error
+from controlplane.models import Revision
+from controlplane.objectstore import ObjectStore
+from controlplane.publishedconfigs import (
+    StoredConfig,
+    list_stored,
+    publishing_revisions,
+)
+from nodeagent.spec import HealthCheck, NodeConfig, ServiceConfig
 
 
 @dataclass(frozen=True)
@@ -49,41 +47,18 @@ class PublishedNode:
     published_by: Revision | None = None
 
 
-def node_type_of(key: str) -> str:
-    """``general-purpose`` for ``nodes/general-purpose.yaml``, else ``""``.
-
-    Agents fetch exactly ``nodes/<label>.yaml``; anything else under ``nodes/``
-    is never read by a node, so the dashboard does not pretend it is published.
-    """
-    if not is_node_config_key(key):
-        return ""
-    return key.removeprefix(NODES_PREFIX).removesuffix(NODE_SUFFIX)
-
-
-def parse_published(key: str, data: bytes, etag: str) -> PublishedNode:
-    """Validate one stored node config the way an agent would."""
-    text = data.decode("utf-8", errors="replace")
-    services, errors, warnings = _check(key, text)
+def published_node(stored: StoredConfig) -> PublishedNode:
+    """The dashboard's view of one stored node config."""
     return PublishedNode(
-        key=key,
-        node_type=node_type_of(key),
-        etag=etag,
-        text=text,
-        sha256=hashlib.sha256(data).hexdigest(),
-        services=services,
-        errors=errors,
-        warnings=warnings,
+        key=stored.key,
+        node_type=stored.node_type,
+        etag=stored.etag,
+        text=stored.text,
+        sha256=stored.sha256,
+        services=_service_rows(stored.config) if stored.config else [],
+        errors=list(stored.errors),
+        warnings=list(stored.warnings),
     )
-
-
-def _check(key: str, text: str) -> tuple[list[ServiceRow], list[str], list[str]]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return [], [f"{key}: {yaml_error(exc)}"], []
-    config, errors, warnings = validate_node_config(raw, key)
-    services = _service_rows(config) if config else []
-    return services, [str(p) for p in errors], [str(p) for p in warnings]
 
 
 def health_check_text(check: HealthCheck | None) -> str:
@@ -123,16 +98,7 @@ def _service_rows(config: NodeConfig) -> list[ServiceRow]:
 
 def read_published(store: ObjectStore) -> list[PublishedNode]:
     """Every node config published in ``store``, sorted by node type."""
-    nodes = []
-    for key in store.list(NODES_PREFIX):
-        if not node_type_of(key):
-            continue
-        try:
-            stored = store.get(key)
-        except ObjectNotFound:
-            continue  # deleted by a publish between our list and get
-        nodes.append(parse_published(key, stored.data, stored.etag))
-    return nodes
+    return [published_node(stored) for stored in list_stored(store)]
 
 
 def with_publishers(nodes: list[PublishedNode]) -> list[PublishedNode]:
@@ -141,25 +107,8 @@ def with_publishers(nodes: list[PublishedNode]) -> list[PublishedNode]:
     A config written by hand or by the ``enrich`` command matches no revision and
     keeps ``published_by = None``.
     """
-    if not nodes:
-        return nodes
-    matches = (
-        NodeConfigOutput.objects.filter(
-            Q(revision__published=True) | Q(revision__status=Revision.Status.SUCCEEDED),
-            node_type__in={node.node_type for node in nodes},
-            sha256__in={node.sha256 for node in nodes},
-        )
-        .order_by("-revision__queued_at", "-revision_id")
-        .values_list("node_type", "sha256", "revision_id")
-    )
-    latest: dict[tuple[str, str], int] = {}
-    for node_type, sha256, revision_id in matches:
-        latest.setdefault((node_type, sha256), revision_id)
-    revisions = Revision.objects.select_related("repository").in_bulk(latest.values())
+    publishers = publishing_revisions((node.node_type, node.sha256) for node in nodes)
     return [
-        replace(
-            node,
-            published_by=revisions.get(latest.get((node.node_type, node.sha256), 0)),
-        )
+        replace(node, published_by=publishers.get((node.node_type, node.sha256)))
         for node in nodes
     ]
