@@ -32,4 +32,6 @@ USER firework
 
 # Static files are served by WhiteNoise straight from /app/static.
 EXPOSE 8000
-CMD ["gunicorn", "firework_site.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]
+# One worker per CPU unless WEB_CONCURRENCY says otherwise (firework_site/gunicorn_conf.py).
+CMD ["gunicorn", "-c", "python:firework_site.gunicorn_conf", "firework_site.wsgi", \
+     "--bind", "0.0.0.0:8000", "--access-logfile", "-"]

@@ -9,7 +9,7 @@ node token per simulated agent (``bench/ingest_load.py``). Each agent posts a
 ten-service report to ``/api/v1/nodes/<name>/status``; one report in ten
 changes a service's health (the agents' changes staggered, as independent
 nodes' are), so transitions are written too. gunicorn runs as deployed: plain
-``gunicorn firework_site.wsgi`` with the worker options printed.
+``gunicorn -c python:firework_site.gunicorn_conf`` with the worker options printed.
 
 Two measurements on the same stack:
 
@@ -128,6 +128,7 @@ def gunicorn(
     (port,) = free_ports(1)
     command = [
         str(BIN / "gunicorn"),
+        *("-c", "python:firework_site.gunicorn_conf"),
         *("firework_site.wsgi:application", "--bind", f"{HOST}:{port}"),
         *options,
         *("--error-logfile", "-"),

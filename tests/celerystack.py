@@ -160,8 +160,9 @@ def migrate(env: Mapping[str, str]) -> None:
 def _web(port: int) -> list[str]:
     return [
         str(BIN / "gunicorn"),
+        *("-c", "python:firework_site.gunicorn_conf"),  # as deployed
         *("firework_site.wsgi:application", "--bind", f"{HOST}:{port}"),
-        *("--workers", "1", "--access-logfile", "-", "--error-logfile", "-"),
+        *("--workers", "1", "--error-logfile", "-"),
     ]
 
 

@@ -27,3 +27,22 @@ def test_published_ports_stay_on_loopback() -> None:
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_web_and_worker_count_metrics_into_one_in_memory_volume() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("web", "worker"):
+        directory = services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert f"metrics:{directory}" in services[name]["volumes"]
+    assert compose["volumes"]["metrics"]["driver_opts"]["type"] == "tmpfs"
+
+
+def test_web_runs_gunicorn_with_the_shipped_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = " ".join(compose["services"]["web"]["command"])
+    assert (
+        "gunicorn -c python:firework_site.gunicorn_conf firework_site.wsgi" in command
+    )
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert '"-c", "python:firework_site.gunicorn_conf"' in dockerfile
