@@ -18,6 +18,8 @@ the key hashes the kernel package version and every input of the build (this
 file, the guest files, busybox, fc-init, the image tool), so changing any of
 them builds a new guest. A build runs in a temporary directory that is renamed
 into place, under an exclusive lock, so parallel test processes build once.
+Each use stamps the guest's directory; a build then removes guests, failed
+builds and kernel packages unused for a week (see :func:`prune`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ ROOTFS_SIZE = 48 * 1024 * 1024
 SERVICE_COMMAND = ["/srv/start"]
 IMAGE_LABEL = "fw-test-guest"
 META_FILE = "guest.json"
+# Guests (and kernel packages) unused for this long go when a new one is built.
+PRUNE_AFTER = 7 * 24 * 3600
+KEY_NAME = re.compile(r"[0-9a-f]{16}")
 KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 
 
@@ -146,11 +151,11 @@ def ensure_test_guest(cache_dir: Path | None = None) -> TestGuest:
     key = cache_key(package, version)
     final = root / key
     if (final / META_FILE).is_file():
-        return load(final)
+        return used(final)
     root.mkdir(parents=True, exist_ok=True)
     with locked(root / ".lock"):
         if (final / META_FILE).is_file():  # another process built it meanwhile
-            return load(final)
+            return used(final)
         work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root))
         try:
             build(work, package, version, key, root / "debs")
@@ -158,7 +163,42 @@ def ensure_test_guest(cache_dir: Path | None = None) -> TestGuest:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-    return load(final)
+        prune(root, keep=final)
+    return used(final)
+
+
+def used(directory: Path) -> TestGuest:
+    """The guest in ``directory``, its last use recorded (its mtime) for :func:`prune`."""
+    with contextlib.suppress(OSError):  # a read-only cache still serves
+        os.utime(directory)
+    return load(directory)
+
+
+def prune(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove guests, failed builds and ``.deb`` files unused for PRUNE_AFTER.
+
+    Runs under the cache lock, after a build: other checkouts sharing the cache
+    may still boot their (older or newer) guest, so only long-unused ones go.
+    The ``.deb`` of a kept guest's kernel stays. Returns what was removed.
+    """
+    cutoff = (time.time() if now is None else now) - PRUNE_AFTER
+    removed: list[Path] = []
+    kept_debs: set[str] = set()
+    for entry in sorted(root.iterdir()):
+        guest = KEY_NAME.fullmatch(entry.name) and entry.is_dir()
+        if not guest and not entry.name.startswith(".build-"):
+            continue
+        if entry != keep and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif guest and (entry / META_FILE).is_file():
+            kept_debs.add(deb_name(*load(entry).package.split("=", 1)))
+    debs = root / "debs"
+    for deb in sorted(debs.glob("*.deb")) if debs.is_dir() else []:
+        if deb.name not in kept_debs and deb.stat().st_mtime < cutoff:
+            deb.unlink(missing_ok=True)
+            removed.append(deb)
+    return removed
 
 
 def load(directory: Path) -> TestGuest:
@@ -210,7 +250,7 @@ def build(out: Path, package: str, version: str, key: str, debs: Path) -> None:
 def fetch_deb(package: str, version: str, debs: Path) -> Path:
     """The package's ``.deb``, downloaded once into ``debs``."""
     debs.mkdir(parents=True, exist_ok=True)
-    cached = debs / f"{package}_{version.replace(':', '%3a')}_amd64.deb"
+    cached = debs / deb_name(package, version)
     if cached.is_file():
         return cached
     with tempfile.TemporaryDirectory(dir=debs) as tmp:
@@ -220,6 +260,11 @@ def fetch_deb(package: str, version: str, debs: Path) -> Path:
         [deb] = Path(tmp).glob("*.deb")
         os.rename(deb, cached)
     return cached
+
+
+def deb_name(package: str, version: str) -> str:
+    """The file name a package's ``.deb`` is cached under."""
+    return f"{package}_{version.replace(':', '%3a')}_amd64.deb"
 
 
 def module_dir(tree: Path) -> Path:
