@@ -220,3 +220,30 @@ def test_browsable_api_renders_for_a_logged_in_operator(
     assert response.status_code == 200
     assert response["Content-Type"] == "text/html; charset=utf-8"
     assert b"<html" in response.content
+
+
+_PAGE_CSRF = re.compile(r'request\.headers\["X-CSRFTOKEN"\] = "([A-Za-z0-9]+)"')
+
+
+def test_try_it_out_writes_with_the_docs_pages_session(people: Personas):
+    """Swagger UI sends the CSRF token its page was rendered with on writes."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(people.alice)
+
+    page = browser.get("/api/docs/").content.decode()
+    found = _PAGE_CSRF.search(page)
+    assert found is not None, "the docs page carries no CSRF token for writes"
+    created = browser.post(
+        "/api/v1/nodes/",
+        {"name": "from-swagger", "labels": ["edge"]},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=found.group(1),
+    )
+    refused = browser.post(
+        "/api/v1/nodes/",
+        {"name": "no-token", "labels": ["edge"]},
+        content_type="application/json",
+    )
+
+    assert created.status_code == 201, created.content
+    assert refused.status_code == 403
