@@ -149,6 +149,19 @@ CELERY_RESULT_BACKEND = env_secret("CELERY_RESULT_BACKEND") or None
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# filesystem:// (what `make run` uses): a broker that is a directory, so a
+# Celery worker takes the runs off the web process without Redis. Web and
+# worker must share FIREWORK_VAR_DIR.
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = FIREWORK_VAR_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "control_folder": str(_broker_dir / "control"),
+    }
+    for _folder in ("queue", "control"):
+        with contextlib.suppress(OSError):
+            (_broker_dir / _folder).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 # The REST API: tokens for automation, the session for the browser. Reading needs
 # a login; writing needs an operator (controlplane.api.permissions).

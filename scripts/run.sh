@@ -2,9 +2,11 @@
 # Set up Firework on this machine and start the control plane (`make run`).
 #
 # Embedded defaults, nothing else to install or start: SQLite and generated
-# secrets in var/, node configs published to a directory (var/objectstore),
-# Celery tasks run in-process. Any variable already set in the environment
-# (DATABASE_URL, FIREWORK_STORE, ...) wins over these defaults.
+# secrets in var/, node configs published to a directory (var/objectstore), and
+# a Celery worker taking runs from a broker that is a directory (var/broker), so
+# no run happens inside a web request. gunicorn serves the web with the shipped
+# settings. Any variable already set in the environment (DATABASE_URL,
+# FIREWORK_STORE, CELERY_BROKER_URL, ...) wins over these defaults.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,13 +33,29 @@ py="$VENV/bin/python"
 
 export FIREWORK_STORE="${FIREWORK_STORE:-local}"
 export FIREWORK_STORE_DIR="${FIREWORK_STORE_DIR:-$PWD/var/objectstore}"
+export CELERY_BROKER_URL="${CELERY_BROKER_URL:-filesystem://localhost/}"
+export DATABASE_CONN_MAX_AGE="${DATABASE_CONN_MAX_AGE:-60}"
 
 echo "==> migrating the database"
 "$py" manage.py migrate --noinput
 echo "==> ensuring the operator account"
 "$py" manage.py ensure_operator
+
+if [ "$CELERY_BROKER_URL" != "memory://" ]; then  # memory://: runs in-process
+    mkdir -p "$VAR_DIR"
+    worker_log="$VAR_DIR/worker.log"
+    echo "==> starting a Celery worker (log: $worker_log)"
+    "$VENV/bin/celery" -A firework_site worker --pool solo --loglevel INFO \
+        --without-gossip --without-mingle --hostname "firework-run@%h" \
+        >>"$worker_log" 2>&1 &
+    worker=$!
+    # Ctrl-C reaches gunicorn (the foreground job), not a background job: stop
+    # the worker when this script ends, however it ends.
+    trap 'kill "$worker" 2>/dev/null; wait "$worker" 2>/dev/null || true' EXIT
+fi
+
 echo "==> enriching the example repository (examples/enricher-input)"
-"$py" manage.py setup_example
+"$py" manage.py setup_example --wait 60
 
 user="${FIREWORK_ADMIN_USER:-admin}"
 if [ -n "${FIREWORK_ADMIN_PASSWORD:-}${FIREWORK_ADMIN_PASSWORD_FILE:-}" ]; then
@@ -55,4 +73,5 @@ Stop with Ctrl-C.
 
 INFO
 
-exec "$py" manage.py runserver "127.0.0.1:$PORT"
+"$VENV/bin/gunicorn" -c python:firework_site.gunicorn_conf firework_site.wsgi \
+    --bind "127.0.0.1:$PORT" --access-logfile -

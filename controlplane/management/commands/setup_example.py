@@ -2,12 +2,14 @@
 
 Used by ``make run``: commits ``examples/enricher-input`` into a Git repository
 under the var directory (a new commit only when the files changed), registers it
-as the config repository ``example`` and requests one enrichment run.
+as the config repository ``example`` and requests one enrichment run; with
+``--wait`` it waits for a Celery worker to finish it.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from argparse import ArgumentParser
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-run", action="store_true", help="register only, request no run"
         )
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="with a broker, wait this long for a worker to finish the run",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         target = Path(settings.FIREWORK_VAR_DIR) / "repos" / options["name"]
@@ -46,8 +55,18 @@ class Command(BaseCommand):
         if options["no_run"]:
             return
         revision = request_run(repository, trigger=Revision.Trigger.MANUAL)
-        revision.refresh_from_db()
+        revision = wait_for(revision, options["wait"])
         self.stdout.write(f"revision {revision.pk}: {revision.status}")
+
+
+def wait_for(revision: Revision, seconds: float) -> Revision:
+    """``revision`` once finished, or as it stands after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        revision.refresh_from_db()
+        if revision.status in Revision.FINISHED or time.monotonic() >= deadline:
+            return revision
+        time.sleep(0.1)
 
 
 def sync_repository(source: Path, target: Path) -> str:
