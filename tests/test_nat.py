@@ -302,6 +302,27 @@ def test_isolation_lets_guests_talk_only_over_links(
     assert lab.fetch(lab.client, NODE_UPLINK, 8080) == "guest-a:80"
 
 
+@pytest.mark.parametrize(
+    ("isolation", "guest_to_node"), [("links", "TimeoutError"), ("none", "node:9100")]
+)
+def test_isolation_keeps_guests_off_the_nodes_own_services(
+    lab: Lab, isolation: str, guest_to_node: str
+) -> None:
+    lab.serve(lab.node, "node", 9100)  # say, a node exporter on every address
+    lab.node_cmd(
+        "ip", "link", "set", "vguest-a", "type", "bridge_slave", "hairpin", "on"
+    )
+    lab.iptables.apply(rules(isolation=isolation))
+
+    assert lab.fetch(lab.guest_a, "172.30.0.1", 9100) == guest_to_node
+    assert lab.fetch(lab.guest_a, NODE_UPLINK, 9100) == guest_to_node
+    # The node still reaches its guests (health checks), and they it back.
+    assert lab.fetch(lab.node, GUEST_A, 80) == "guest-a:80"
+    assert lab.fetch(lab.client, NODE_UPLINK, 8080) == "guest-a:80"
+    # A guest calling a published port through the node is a forward, not input.
+    assert lab.fetch(lab.guest_a, NODE_UPLINK, 8080) == "guest-a:80"
+
+
 def test_remove_leaves_no_chain_or_hook(lab: Lab) -> None:
     lab.iptables.apply(rules())
 
@@ -364,6 +385,8 @@ def test_build_rules_gives_exact_lines_sorted_by_service() -> None:
         "-t filter -A FIREWORK-FORWARD -i fwbr0 -o fwbr0 -j DROP",
         "-t filter -A FIREWORK-FORWARD -i fwbr0 ! -o fwbr0 -j ACCEPT",
         "-t filter -A FIREWORK-INPUT -d 169.254.169.254/32 -i fwbr0 -j DROP",
+        "-t filter -A FIREWORK-INPUT -i fwbr0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-t filter -A FIREWORK-INPUT -i fwbr0 -j DROP",
     ]
 
 

@@ -9,7 +9,8 @@ touching anybody else's:
 - nat ``FIREWORK-POSTROUTING``: masquerading of host-local connections that were
   DNATed to a guest, and of guest traffic leaving through the uplink;
 - filter ``FIREWORK-FORWARD``: what may cross the bridge (forwards, links, egress);
-- filter ``FIREWORK-INPUT``: guests may not reach a metadata service on the host.
+- filter ``FIREWORK-INPUT``: guests may not reach a metadata service on the host,
+  and under link isolation nothing on the host at all.
 
 :func:`build_rules` is pure: equal inputs give equal text, ordered by service and
 port, so a plan can show it and :meth:`Iptables.current` can be compared with it to
@@ -158,7 +159,7 @@ def build_rules(
         *_forward_chain(
             bridge, checked_forwards, checked_links, isolation, block_metadata
         ),
-        *_input_chain(bridge, block_metadata),
+        *_input_chain(bridge, isolation, block_metadata),
     )
     return Ruleset({"nat": nat, "filter": filter_})
 
@@ -227,10 +228,19 @@ def _forward_chain(
     return list(dict.fromkeys(rules))
 
 
-def _input_chain(bridge: str, block_metadata: bool) -> list[str]:
-    if not block_metadata:
-        return []
-    return [f"-A {INPUT} -d {METADATA} -i {bridge} -j DROP"]
+def _input_chain(bridge: str, isolation: Isolation, block_metadata: bool) -> list[str]:
+    rules = []
+    if block_metadata:
+        rules.append(f"-A {INPUT} -d {METADATA} -i {bridge} -j DROP")
+    if isolation == "links":
+        # Guests open no connection to the node itself: only answers to the
+        # node's own (health checks) come back in.
+        rules += [
+            f"-A {INPUT} -i {bridge} -m conntrack --ctstate RELATED,ESTABLISHED "
+            "-j ACCEPT",
+            f"-A {INPUT} -i {bridge} -j DROP",
+        ]
+    return rules
 
 
 def _checked_forwards(
