@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -177,6 +178,7 @@ def start(
         raise VMError(f"service {name}: kernel command line is too long")
     api = api_bodies(service, boot_args)
     spec = applied_spec(service, boot_args)
+    _check_taps(name, api)
     _prepare_dir(vm_dir, sock)
     if jailer is None:
         # Separate argv tokens: Firecracker's parser does not accept --flag=value.
@@ -223,6 +225,23 @@ def start(
         raise
     log.info("vm started service=%s pid=%s hash=%s", name, handle.pid, handle.spec_hash)
     return handle
+
+
+def _check_taps(name: str, api: dict[str, Any]) -> None:
+    """Every TAP the VM names exists here, in the agent's network namespace.
+
+    Firecracker running as root would otherwise create a missing TAP itself:
+    down, on no bridge, gone when it exits, and the guest boots unreachable.
+    """
+    for iface in api["network-interfaces"]:
+        tap = iface["host_dev_name"]
+        try:
+            socket.if_nametoindex(tap)
+        except OSError:
+            raise VMError(
+                f"service {name}: network.interface {tap} does not exist on this"
+                " node (the agent creates it only with enable_network_setup)"
+            ) from None
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import yaml
 
 from tests.conftest import free_ports, stop_process_group
 from tests.fcdouble.testing import FIRECRACKER_BIN, kill_group, live_argvs, wait_for
+from tests.taps import add_taps, remove_taps, service_taps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,8 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 class Node:
     """One simulated host: its state dir, images, store dir and agent config."""
 
-    def __init__(self, root: Path, label: str = "web-node") -> None:
+    def __init__(
+        self, root: Path, label: str = "web-node", *, operator_taps: bool = True
+    ) -> None:
         self.root = root
+        # Without network setup the agent wants the TAPs to exist already.
+        self.operator_taps = operator_taps
+        self.taps: set[str] = set()
         self.label = label
         # Unique per test: other suites on this host may run VMs too.
         self.prefix = f"a{uuid.uuid4().hex[:6]}"
@@ -64,7 +70,10 @@ class Node:
         }
 
     def node_config(self, services: list[dict[str, Any]]) -> bytes:
-        """The YAML of a node config with ``services``."""
+        """The YAML of a node config with ``services``, their TAPs made (taps.py)."""
+        if self.operator_taps:
+            wanted = [tap for tap in service_taps(services) if tap not in self.taps]
+            self.taps.update(add_taps(wanted))
         return yaml.safe_dump({"node": self.label, "services": services}).encode()
 
     def publish(self, services: list[dict[str, Any]]) -> None:
@@ -124,6 +133,7 @@ class Node:
             kill_group(pid)
         for cleanup in self.cleanups:
             cleanup()
+        remove_taps(self.taps)
 
 
 class AgentProcess:

@@ -162,5 +162,5 @@ def node_with_agent(
         a_addr=f"{UPLINK}/24",
         b_addr=f"{CLIENT}/24",
     )
-    node = Node(root)
+    node = Node(root, operator_taps=False)  # the agent makes its own TAPs
     return node, NsAgent(node, ns["node"]), ns

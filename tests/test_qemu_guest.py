@@ -284,6 +284,23 @@ def test_killing_the_double_kills_qemu(guest: TestGuest, tmp_path: Path) -> None
         kill_group(double.process.pid)
 
 
+def test_qemu_dying_under_the_guest_aborts_the_double(
+    guest: TestGuest, tmp_path: Path
+) -> None:
+    """A VMM that loses its guest without a reboot crashed: no clean exit 0."""
+    rootfs = tmp_path / "rootfs.ext4"
+    shutil.copyfile(guest.rootfs, rootfs)
+    double = start_double(tmp_path)
+    try:
+        configure(double, guest, rootfs, tap=None)
+        double.client.action("InstanceStart")
+        [qemu] = double.qemu()
+        os.kill(qemu, signal.SIGKILL)
+        assert double.process.wait(timeout=EXIT_TIMEOUT) == -signal.SIGABRT
+    finally:
+        kill_group(double.process.pid)
+
+
 def test_initrd_failure_is_reported_and_ends_the_vm(
     guest: TestGuest, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from tests.fcdouble.testing import (
     read_log,
     wait_for,
 )
+from tests.taps import add_taps, remove_taps
 
 BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/fc-init"
 MAC = "06:00:AC:10:00:02"
@@ -44,6 +45,8 @@ class Host:
         self.pids: list[int] = []
         # Unique per test: other suites on this host may run VMs named "web".
         self.name = f"web-{uuid.uuid4().hex[:8]}"
+        # The TAP an operator made (the driver refuses a missing one).
+        self.tap = f"fw-{uuid.uuid4().hex[:8]}"
         self.vm_dir = self.state_dir / "vms" / self.name
         for name in ("vmlinux", "initrd.img", "web.ext4"):
             (tmp_path / name).write_bytes(b"x")
@@ -63,7 +66,7 @@ class Host:
         return ServiceConfig.model_validate(data)
 
     def start(self, service: ServiceConfig | None = None, **kw: Any) -> vm.VMHandle:
-        network = {"interface": "fw-web", "guest_mac": MAC}
+        network = {"interface": self.tap, "guest_mac": MAC}
         handle = vm.start(
             service or self.service(network=network),
             firecracker_bin=str(FIRECRACKER_BIN),
@@ -86,15 +89,17 @@ class Host:
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     h = Host(tmp_path, monkeypatch)
+    add_taps([h.tap])
     yield h
     for pid in h.pids:
         kill_group(pid)
     for pid in pids_with_id(h.name):
         kill_group(pid)
+    remove_taps([h.tap])
 
 
 def test_start_configures_in_firecracker_order(host: Host) -> None:
-    network = {"interface": "fw-web", "guest_mac": MAC}
+    network = {"interface": host.tap, "guest_mac": MAC}
     handle = host.start(
         host.service(initrd=str(host.root / "initrd.img"), network=network)
     )
@@ -127,7 +132,7 @@ def test_start_configures_in_firecracker_order(host: Host) -> None:
         (
             "PUT",
             "/network-interfaces/eth0",
-            {"iface_id": "eth0", "host_dev_name": "fw-web", "guest_mac": MAC},
+            {"iface_id": "eth0", "host_dev_name": host.tap, "guest_mac": MAC},
         ),
         ("PUT", "/actions", {"action_type": "InstanceStart"}),
     ]
@@ -149,9 +154,9 @@ def test_start_records_state_atomically(host: Host) -> None:
     assert state["spec"]["network"]["guest_mac"] == MAC
     assert state["spec_hash"] == reconcile.hash_spec(handle.spec)
     assert state["spec_hash"] == reconcile.spec_hash(
-        host.service(network={"interface": "fw-web", "guest_mac": MAC}), BOOT_ARGS
+        host.service(network={"interface": host.tap, "guest_mac": MAC}), BOOT_ARGS
     )
-    assert state["api"]["network-interfaces"][0]["host_dev_name"] == "fw-web"
+    assert state["api"]["network-interfaces"][0]["host_dev_name"] == host.tap
     proc_stat = Path(f"/proc/{handle.pid}/stat").read_text()
     assert state["starttime"] == int(proc_stat.rsplit(")", 1)[1].split()[19])
     assert not list(vm_dir.glob("*.tmp"))
@@ -167,6 +172,23 @@ def test_without_network_no_interface_is_configured(host: Host) -> None:
     host.start(host.service())
     paths = [path for _, path, _ in host.calls()]
     assert paths == ["/machine-config", "/boot-source", "/drives/rootfs", "/actions"]
+
+
+def test_a_missing_tap_is_refused_before_firecracker_runs(host: Host) -> None:
+    """As root, Firecracker would make the TAP itself: down, bridgeless, useless."""
+    remove_taps([host.tap])
+    network = {"interface": host.tap, "guest_mac": MAC}
+
+    with pytest.raises(vm.VMError) as failure:
+        host.start(host.service(network=network))
+
+    assert str(failure.value) == (
+        f"service {host.name}: network.interface {host.tap} does not exist on this"
+        " node (the agent creates it only with enable_network_setup)"
+    )
+    assert host.calls() == []
+    assert not pids_with_id(host.name)
+    assert not host.vm_dir.exists()
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,19 @@ class ApiServer(socketserver.UnixStreamServer):
             super().handle_error(request, client_address)
 
 
+def guest_ended(code: int) -> None:
+    """The VMM ends with its guest: exit 0 for a guest that ended itself.
+
+    A guest backend that ended otherwise (QEMU killed or crashed) stands for a
+    fault inside the VMM, which in Firecracker is a panic, and panics abort.
+    """
+    if code == 0:
+        os._exit(0)
+    print(f"fcdouble: guest backend ended with {code}; aborting", file=sys.stderr)
+    sys.stderr.flush()
+    os.abort()
+
+
 def main(argv: list[str]) -> int:
     """Start the double; return only on a start-up error."""
     args = parse_args(argv)
@@ -219,7 +232,7 @@ def main(argv: list[str]) -> int:
         instance_id,
         backend,
         faults,
-        on_guest_exit=lambda _: os._exit(0),
+        on_guest_exit=guest_ended,
         resolve_path=resolve_path,
     )
     try:

@@ -15,7 +15,9 @@ guest can observe close to Firecracker:
   ``reboot=k`` resets through it;
 - the serial console is the double's stdout, stdin is /dev/null;
 - QEMU runs with ``-no-reboot``: a guest reboot (or a panic with ``panic=1``)
-  ends QEMU, and with it the double, exit 0;
+  ends QEMU, and with it the double, exit 0; QEMU ending any other way (killed,
+  crashed) is a fault in the VMM, and the double aborts as Firecracker's
+  panics do;
 - QEMU dies with the double (``PR_SET_PDEATHSIG``), as a guest dies with its
   VMM.
 
