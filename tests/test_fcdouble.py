@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
+import stat
+import struct
+import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +19,8 @@ from typing import Any
 import pytest
 
 from nodeagent.firecracker import FirecrackerAPIError, FirecrackerClient
+from tests.fcdouble import tap as tap_module
+from tests.fcdouble.tap import IFF_NO_PI, IFF_TAP, TUNSETIFF
 from tests.fcdouble.testing import (
     alive,
     children,
@@ -21,7 +30,9 @@ from tests.fcdouble.testing import (
     spawn,
     wait_for,
 )
+from tests.taps import add_taps, remove_taps
 
+NOBODY = 65534
 SERDE = "An error occurred when deserializing the json body of a request: "
 AFTER = "The requested operation is not supported after starting the microVM."
 BEFORE = "The requested operation is not supported before starting the microVM."
@@ -282,3 +293,93 @@ def test_sigterm_kills_at_once_and_leaves_the_socket(double: Double) -> None:
     os.kill(double.process.pid, signal.SIGTERM)
     assert double.process.wait(timeout=5) == -signal.SIGTERM
     assert double.sock.exists()
+
+
+# -- TAPs, attached at PUT /network-interfaces as Firecracker attaches them
+
+
+def tap_failure(reason: str, name: str) -> str:
+    return (
+        "Network config error: Could not create the network device: Open tap device"
+        f" failed: Error while creating ifreq structure: {reason}. Invalid TUN/TAP"
+        f" Backend provided by {name}. Check our documentation on setting up the"
+        " network devices."
+    )
+
+
+@pytest.fixture
+def tap() -> Iterator[str]:
+    name = f"fw-{uuid.uuid4().hex[:8]}"
+    add_taps([name])
+    yield name
+    remove_taps([name])
+
+
+def test_an_existing_tap_is_attached(double: Double, tap: str) -> None:
+    iface = {"iface_id": "eth0", "host_dev_name": tap, "guest_mac": "06:00:00:00:00:02"}
+    double.client.put("/network-interfaces/eth0", iface)
+    assert (
+        double.client.get("/vm/config")["network-interfaces"][0]["host_dev_name"] == tap
+    )
+
+
+def test_a_tap_another_process_holds_is_busy(double: Double, tap: str) -> None:
+    holder = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        request = struct.pack("16sH", tap.encode(), IFF_TAP | IFF_NO_PI).ljust(
+            40, b"\0"
+        )
+        fcntl.ioctl(holder, TUNSETIFF, request)
+        iface = {"iface_id": "eth0", "host_dev_name": tap}
+        assert double.fault("PUT", "/network-interfaces/eth0", iface) == tap_failure(
+            "Device or resource busy (os error 16)", tap
+        )
+    finally:
+        os.close(holder)
+    assert double.client.get("/vm/config")["network-interfaces"] == []
+
+
+def test_another_kind_of_device_is_an_invalid_tap(double: Double) -> None:
+    iface = {"iface_id": "eth0", "host_dev_name": "lo"}
+    assert double.fault("PUT", "/network-interfaces/eth0", iface) == tap_failure(
+        "Invalid argument (os error 22)", "lo"
+    )
+
+
+def test_as_root_a_missing_tap_is_made_for_the_call_only(double: Double) -> None:
+    name = f"fw-{uuid.uuid4().hex[:8]}"
+    double.client.put(
+        "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": name}
+    )
+    # Firecracker's own TAP is not persistent: nothing is left on the host.
+    assert not Path(f"/sys/class/net/{name}").exists()
+
+
+def test_unprivileged_a_missing_tap_cannot_be_made() -> None:
+    """As the jailed Firecracker: its own TUN device node, but no CAP_NET_ADMIN."""
+    name = f"fw-{uuid.uuid4().hex[:8]}"
+    jail = Path(tempfile.mkdtemp(prefix="fcdouble-tun-"))
+    try:
+        jail.chmod(0o755)
+        tun = jail / "tun"
+        os.mknod(tun, 0o600 | stat.S_IFCHR, os.makedev(10, 200))
+        os.chown(tun, NOBODY, NOBODY)
+        # The probe's own source, run by the system Python as nobody, which
+        # may not be able to read the checkout.
+        probe = Path(tap_module.__file__).read_text() + (
+            "\nimport sys\nprint(attach_error(sys.argv[1], sys.argv[2]))\n"
+        )
+        done = subprocess.run(
+            ["/usr/bin/python3", "-c", probe, name, str(tun)],
+            cwd="/",
+            user=NOBODY,
+            group=NOBODY,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        shutil.rmtree(jail)
+    assert done.stdout.strip() == tap_failure(
+        "Operation not permitted (os error 1)", name
+    ).removeprefix("Network config error: Could not create the network device: ")

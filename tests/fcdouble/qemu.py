@@ -21,11 +21,11 @@ guest can observe close to Firecracker:
 - QEMU dies with the double (``PR_SET_PDEATHSIG``), as a guest dies with its
   VMM.
 
-When QEMU itself fails to start (a missing TAP, say), InstanceStart fails with
-``Start microvm error: ...`` and the double stays in the pre-boot phase, as
-Firecracker does after a failed InstanceStart (behaviour notes 1.6). Real
-Firecracker would already refuse a missing TAP at ``PUT /network-interfaces``;
-the double does not check TAPs there, so the error surfaces one call later.
+When QEMU itself fails to start, InstanceStart fails with ``Start microvm
+error: ...`` and the double stays in the pre-boot phase, as Firecracker does
+after a failed InstanceStart (behaviour notes 1.6). TAP problems are refused
+earlier, at ``PUT /network-interfaces``, as Firecracker refuses them (see
+:mod:`tests.fcdouble.tap`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 
 from tests.fcdouble import schema
 from tests.fcdouble.guest import Guest, GuestBackend, GuestBootError
+from tests.fcdouble.tap import attach_error
 
 VERSION = "1.16.1"
 AFTER_START = "The requested operation is not supported after starting the microVM."
@@ -288,6 +289,9 @@ class Vmm:
         macs = {n.get("guest_mac", "").lower() for n in self.ifaces.values()}
         if mac is not None and mac.lower() in macs:
             raise Fault(f"{prefix}The MAC address is already in use: {mac.lower()}")
+        refused = attach_error(body["host_dev_name"])
+        if refused is not None:
+            raise Fault(f"{prefix}Could not create the network device: {refused}")
         self._injected("network-interfaces")
         self.ifaces[ident] = dict(body)
         return Reply(204)
