@@ -1,8 +1,8 @@
 """An operator registers a node and issues its enrollment token in a real browser.
 
 Same set-up as ``tests/test_browser.py`` (its live server, Chromium and page
-fixtures are imported here); the screenshot is
-``artifacts/screenshots/hosts-05-enrollment.png``.
+fixtures are imported here); the screenshots are
+``artifacts/screenshots/hosts-05-enrollment.png`` and ``hosts-06-pending.png``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
@@ -66,3 +67,16 @@ def test_operator_registers_a_node_and_sees_its_token_once(
     page.get_by_role("link", name="← Node host-17").click()
     expect(page).to_have_url(f"{live_server.url}/hosts/host-17/")
     assert token not in page.content()
+    expect(page.locator(".enrollment-pending")).to_contain_text(
+        "An unused enrollment token"
+    )
+    page.screenshot(path=str(SCREENSHOTS / "hosts-06-pending.png"), full_page=True)
+
+    page.get_by_role("button", name="Cancel the unused enrollment token").click()
+    expect(page.get_by_role("status").first).to_contain_text(
+        "Cancelled the unused enrollment token of host-17."
+    )
+    expect(page.locator(".enrollment-pending")).to_have_count(0)
+    assert not EnrollmentToken.objects.filter(
+        node__name="host-17", expires_at__gt=timezone.now()
+    ).exists()

@@ -368,6 +368,15 @@ def test_empty_fleet_says_how_nodes_appear(
     assert b"No node runs or should run" in client_bob.get("/services/").content
 
 
+def test_a_node_type_with_nothing_published_or_applied_is_no_mismatch(
+    client_bob: Client, published: Revision
+) -> None:
+    Node.objects.create(name="fresh", labels=["nothing-here"])
+    html = client_bob.get("/hosts/fresh/").content.decode()
+    assert "nothing published or applied" in html
+    assert "mismatch" not in html and "≠" not in html
+
+
 def test_alice_the_operator_sees_the_same_pages(
     client: Client, fleet: dict[str, Node]
 ) -> None:

@@ -40,6 +40,11 @@ class RevisionPair:
         """True when the node runs exactly what is published for the label."""
         return bool(self.published) and self.applied == self.published
 
+    @property
+    def empty(self) -> bool:
+        """Nothing published for the label and nothing applied: nothing differs."""
+        return not self.published and not self.applied
+
 
 @dataclass(frozen=True)
 class Desired:
