@@ -55,6 +55,7 @@ from controlplane.objectstore import (
     store_from_env,
 )
 from controlplane.publish import PublishFailed, PublishRefused, PublishReport, publish
+from controlplane.runs import request_run
 from nodeagent.spec import Problem
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,27 @@ def _run(
         raise RunError("; ".join(taken), transient=False)
     owned = ownership.published_node_types(repository.pk)
     report = _publish(store, result, repository.allow_empty, owned)
-    return _finish(revision, Status.SUCCEEDED, result=result, report=report)
+    outcome = _finish(revision, Status.SUCCEEDED, result=result, report=report)
+    _hand_over(repository, owned - set(result.configs))
+    return outcome
+
+
+def _hand_over(repository: ConfigRepository, released: set[str]) -> None:
+    """Run again what was refused a node type this repository no longer publishes."""
+    for refused in ownership.waiting_for(repository, released):
+        log.info(
+            "node types handed over from=%s to=%s revision=%s released=%s",
+            repository.name,
+            refused.repository.name,
+            refused.pk,
+            ",".join(sorted(released)),
+        )
+        request_run(
+            refused.repository,
+            trigger=Revision.Trigger.HANDOVER,
+            ref=refused.ref,
+            commit_sha=refused.commit_sha,
+        )
 
 
 def _token(repository: ConfigRepository) -> str:

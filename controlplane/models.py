@@ -84,6 +84,8 @@ class Revision(models.Model):
         WEBHOOK = "webhook"
         MANUAL = "manual"
         API = "api"
+        # Run again because the repository that held a node type let it go.
+        HANDOVER = "handover"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SUPERSEDED)
 

@@ -3,14 +3,20 @@
 Several repositories may publish to one object store. A repository owns the node
 types that its latest published revision produced: its runs delete only those
 when they stop producing them, and a node type owned by another repository is
-refused instead of overwritten.
+refused instead of overwritten. When the owner stops producing a node type, the
+runs refused for it are run again (see :func:`waiting_for`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from controlplane.models import ConfigRepository, NodeConfigOutput, Revision
+
+# How a refusal reads on the revision; waiting_for() reads it back.
+_TAKEN = "node type {node_type} is published by repository {owner}"
+_TAKEN_RE = re.compile(r"node type ([^\s;]+) is published by repository ([^\s;]+)")
 
 
 def published_node_types(repository_id: int) -> set[str]:
@@ -33,7 +39,29 @@ def conflicts(repository: ConfigRepository, node_types: Iterable[str]) -> list[s
     found = []
     for other in ConfigRepository.objects.exclude(pk=repository.pk).order_by("name"):
         for node_type in sorted(wanted & published_node_types(other.pk)):
-            found.append(
-                f"node type {node_type} is published by repository {other.name}"
-            )
+            found.append(_TAKEN.format(node_type=node_type, owner=other.name))
+    return found
+
+
+def waiting_for(owner: ConfigRepository, released: Iterable[str]) -> list[Revision]:
+    """Other repositories' latest runs, refused a node type ``owner`` just released.
+
+    A node type moves between repositories when the owner stops producing it; a
+    run of the new home that was refused for it meanwhile can then succeed.
+    """
+    released = set(released)
+    if not released:
+        return []
+    found = []
+    for other in ConfigRepository.objects.exclude(pk=owner.pk).order_by("name"):
+        latest = Revision.objects.filter(repository=other).order_by("-pk").first()
+        if latest is None or latest.status != Revision.Status.FAILED:
+            continue
+        refused = {
+            node_type
+            for node_type, by in _TAKEN_RE.findall(latest.failure)
+            if by == owner.name
+        }
+        if refused & released:
+            found.append(latest)
     return found

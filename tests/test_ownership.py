@@ -97,3 +97,49 @@ def test_a_node_type_owned_by_another_repository_is_refused(
     assert "node type compute is published by repository beta" in revision.failure
     assert store.get("nodes/compute.yaml").data == before
     assert "nodes/edge.yaml" not in store.list("nodes/")
+
+
+def test_a_node_type_let_go_is_published_by_the_run_refused_for_it(
+    repositories: dict[str, ConfigRepository],
+    origins: dict[str, Path],
+    store: LocalStore,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Moving compute from beta to alpha: alpha first (refused), then beta."""
+    run(repositories["beta"], django_capture_on_commit_callbacks)
+    commit_tree(origins["alpha"], specs(cruncher="compute"), "take compute")
+    refused = run(repositories["alpha"], django_capture_on_commit_callbacks)
+    assert refused.status == Revision.Status.FAILED
+
+    commit_tree(origins["beta"], {"services/batch.yaml": None}, "give up compute")
+    commit_tree(origins["beta"], specs(loader="ingest"), "beta keeps something")
+    with django_capture_on_commit_callbacks(execute=True):
+        released = run(repositories["beta"], django_capture_on_commit_callbacks)
+
+    assert released.status == Revision.Status.SUCCEEDED
+    handover = Revision.objects.filter(repository=repositories["alpha"]).latest("pk")
+    assert handover.trigger == Revision.Trigger.HANDOVER
+    assert handover.commit_sha == refused.commit_sha
+    assert handover.status == Revision.Status.SUCCEEDED
+    compute = yaml.safe_load(store.get("nodes/compute.yaml").data)
+    assert [s["name"] for s in compute["services"]] == ["cruncher"]
+
+
+def test_a_run_refused_for_another_owner_waits(
+    repositories: dict[str, ConfigRepository],
+    origins: dict[str, Path],
+    store: LocalStore,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Alpha's run releasing edge does not re-run beta, refused for compute."""
+    run(repositories["alpha"], django_capture_on_commit_callbacks)
+    commit_tree(origins["beta"], specs(cruncher="backend"), "take backend")
+    refused = run(repositories["beta"], django_capture_on_commit_callbacks)
+    assert refused.status == Revision.Status.FAILED
+
+    commit_tree(origins["alpha"], {"services/web.yaml": None}, "drop edge")
+    with django_capture_on_commit_callbacks(execute=True):
+        run(repositories["alpha"], django_capture_on_commit_callbacks)
+
+    latest = Revision.objects.filter(repository=repositories["beta"]).latest("pk")
+    assert latest.pk == refused.pk
