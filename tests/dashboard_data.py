@@ -64,6 +64,15 @@ EDGE = textwrap.dedent(
         kernel_args: console=ttyS0
     """
 )
+# Two services, one with a TAP and guest IP: what the API and node pages list.
+GENERAL_PAIR = GENERAL_V1 + (
+    "  - name: api\n"
+    "    image: /var/lib/images/api-rootfs.ext4\n"
+    "    kernel: /var/lib/kernels/vmlinux\n"
+    "    vcpus: 1\n"
+    "    memory_mb: 384\n"
+    "    kernel_args: console=ttyS0\n"
+)
 # Every field the node types page shows: TAP, guest IP, health checks, links.
 WIRED = textwrap.dedent(
     """\

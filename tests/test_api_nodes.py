@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,45 +21,12 @@ from tests.apisupport import (
     token_client,
 )
 from tests.conftest import S3Bucket
+from tests.dashboard_data import COMPUTE as COMPUTE_OF_A_RUN
+from tests.dashboard_data import GENERAL_PAIR, sha256
 
 LIST = "/api/v1/node-configs/"
-GENERAL = textwrap.dedent(
-    """\
-    node: general-purpose
-    services:
-      - name: web
-        image: /var/lib/images/web-rootfs.ext4
-        kernel: /var/lib/kernels/vmlinux
-        vcpus: 2
-        memory_mb: 512
-        kernel_args: console=ttyS0
-        network:
-          interface: fw-web
-          guest_ip: 172.16.0.2
-      - name: api
-        image: /var/lib/images/api-rootfs.ext4
-        kernel: /var/lib/kernels/vmlinux
-        vcpus: 1
-        memory_mb: 384
-        kernel_args: console=ttyS0
-    """
-)
-COMPUTE = textwrap.dedent(
-    """\
-    node: compute.gpu
-    services:
-      - name: report-worker
-        image: /var/lib/images/report-worker-rootfs.ext4
-        kernel: /var/lib/kernels/vmlinux
-        vcpus: 4
-        memory_mb: 2048
-        kernel_args: console=ttyS0
-    """
-)
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+GENERAL = GENERAL_PAIR
+COMPUTE = COMPUTE_OF_A_RUN.replace("node: compute\n", "node: compute.gpu\n")
 
 
 @pytest.fixture

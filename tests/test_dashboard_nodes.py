@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,44 +13,17 @@ from pytest_django import Settings
 from controlplane.models import Revision
 from controlplane.objectstore import LocalStore, etag_of
 from tests.conftest import S3Bucket
-from tests.dashboard_data import COMPUTE as COMPUTE_OF_A_RUN
-from tests.dashboard_data import SHA_B, WIRED, make_repository, make_revision
+from tests.dashboard_data import (
+    COMPUTE,
+    GENERAL_PAIR,
+    SHA_B,
+    WIRED,
+    make_repository,
+    make_revision,
+)
 
-GENERAL = textwrap.dedent(
-    """\
-    node: general-purpose
-    services:
-      - name: web
-        image: /var/lib/images/web-rootfs.ext4
-        kernel: /var/lib/kernels/vmlinux
-        vcpus: 2
-        memory_mb: 512
-        kernel_args: console=ttyS0
-        network:
-          interface: fw-web
-          guest_ip: 172.16.0.2
-      - name: api
-        image: /var/lib/images/api-rootfs.ext4
-        kernel: /var/lib/kernels/vmlinux
-        vcpus: 1
-        memory_mb: 384
-        kernel_args: console=ttyS0
-        env:
-          GREETING: "<b>hello</b>"
-    """
-)
-COMPUTE = textwrap.dedent(
-    """\
-    node: compute
-    services:
-      - name: report-worker
-        image: /var/lib/images/report-worker-rootfs.ext4
-        kernel: /var/lib/kernels/vmlinux
-        vcpus: 4
-        memory_mb: 2048
-        kernel_args: console=ttyS0
-    """
-)
+# The api service's env holds markup the page must escape.
+GENERAL = GENERAL_PAIR + '    env:\n      GREETING: "<b>hello</b>"\n'
 
 
 @pytest.fixture(autouse=True)
@@ -280,13 +252,13 @@ def test_each_node_config_names_the_run_that_published_it(
 ) -> None:
     ops = make_repository("ops-config")
     # The same content published twice: the later run is the one in the store.
-    make_revision(ops, Revision.Status.SUCCEEDED, outputs={"compute": COMPUTE_OF_A_RUN})
+    make_revision(ops, Revision.Status.SUCCEEDED, outputs={"compute": COMPUTE})
     latest = make_revision(
-        ops, Revision.Status.SUCCEEDED, sha=SHA_B, outputs={"compute": COMPUTE_OF_A_RUN}
+        ops, Revision.Status.SUCCEEDED, sha=SHA_B, outputs={"compute": COMPUTE}
     )
     # A failed run never published, even if it recorded the same content.
-    make_revision(ops, Revision.Status.FAILED, outputs={"compute": COMPUTE_OF_A_RUN})
-    local_store.put("nodes/compute.yaml", COMPUTE_OF_A_RUN.encode())
+    make_revision(ops, Revision.Status.FAILED, outputs={"compute": COMPUTE})
+    local_store.put("nodes/compute.yaml", COMPUTE.encode())
     local_store.put("nodes/general-purpose.yaml", GENERAL.encode())
 
     response = client_alice.get("/nodes/")
@@ -306,8 +278,8 @@ def test_a_hand_edited_config_is_not_attributed_to_a_run(
     client_alice: Client, local_store: LocalStore
 ) -> None:
     ops = make_repository("ops-config")
-    make_revision(ops, Revision.Status.SUCCEEDED, outputs={"compute": COMPUTE_OF_A_RUN})
-    local_store.put("nodes/compute.yaml", (COMPUTE_OF_A_RUN + "# edited\n").encode())
+    make_revision(ops, Revision.Status.SUCCEEDED, outputs={"compute": COMPUTE})
+    local_store.put("nodes/compute.yaml", (COMPUTE + "# edited\n").encode())
 
     response = client_alice.get("/nodes/")
 
