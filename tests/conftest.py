@@ -384,7 +384,15 @@ def page(browser: Browser, settings: Settings) -> Iterator[Page]:
     context.close()
 
 
-# -- nodes with node tokens, for the API tests of node credentials and reports
+# -- API users, and nodes with node tokens, for the API tests
+
+
+@pytest.fixture
+def people(db: None) -> Any:
+    """Alice the operator and Bob the reader, with their API tokens."""
+    from tests.apisupport import make_personas
+
+    return make_personas()
 
 
 @pytest.fixture

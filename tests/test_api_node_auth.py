@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from controlplane.models import EnrollmentToken, Node, NodeToken
 from controlplane.nodetokens import issue_enrollment_token
-from tests.apisupport import Personas, make_personas, session_client, token_client
+from tests.apisupport import Personas, session_client, token_client
 from tests.nodereportdata import report as full_report
 from tests.nodereportdata import service as service_entry
 
@@ -44,11 +44,6 @@ def post_report(client: APIClient, name: str, body: Any, **meta: Any) -> Any:
     return client.generic(
         "POST", node_url(name, "status"), raw, "application/json", **meta
     )
-
-
-@pytest.fixture
-def people(db: None) -> Personas:
-    return make_personas()
 
 
 # -- users: reading needs a login, writing an operator

@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from controlplane.models import Node, NodeConfigOutput, Revision
 from controlplane.nodetokens import issue_node_token
 from controlplane.objectstore import LocalStore, etag_of
-from tests.apisupport import Personas, make_personas, make_repository, token_client
+from tests.apisupport import Personas, make_repository, token_client
 
 LIST = "/api/v1/nodes/"
 SERVICES = "/api/v1/services/"
@@ -98,11 +98,6 @@ def send(token: str, body: dict[str, Any]) -> None:
         "POST", node_url("node-a", "status"), json.dumps(body), "application/json"
     )
     assert response.status_code == 204, response.content
-
-
-@pytest.fixture
-def people(db: None) -> Personas:
-    return make_personas()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from controlplane.objectstore import LocalStore, etag_of
 from tests.apisupport import (
     Endpoint,
     Personas,
-    make_personas,
     make_repository,
     session_client,
     token_client,
@@ -27,11 +26,6 @@ from tests.dashboard_data import GENERAL_PAIR, sha256
 LIST = "/api/v1/node-configs/"
 GENERAL = GENERAL_PAIR
 COMPUTE = COMPUTE_OF_A_RUN.replace("node: compute\n", "node: compute.gpu\n")
-
-
-@pytest.fixture
-def people(db: None) -> Personas:
-    return make_personas()
 
 
 @pytest.fixture

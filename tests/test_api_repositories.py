@@ -15,7 +15,6 @@ from controlplane.models import ConfigRepository, Revision
 from tests.apisupport import (
     Endpoint,
     Personas,
-    make_personas,
     make_repository,
     session_client,
     token_client,
@@ -41,11 +40,6 @@ def new_repository(**fields: Any) -> dict[str, Any]:
         "access_token_env": "FIREWORK_PLATFORM_TOKEN",
     }
     return body | fields
-
-
-@pytest.fixture
-def people(db: None) -> Personas:
-    return make_personas()
 
 
 @pytest.fixture

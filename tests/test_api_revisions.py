@@ -16,7 +16,6 @@ from controlplane.models import ConfigRepository, NodeConfigOutput, Revision
 from tests.apisupport import (
     Endpoint,
     Personas,
-    make_personas,
     make_repository,
     session_client,
     token_client,
@@ -34,11 +33,6 @@ def detail(revision: Revision) -> str:
 
 def runs(repository: ConfigRepository) -> str:
     return f"/api/v1/repositories/{repository.pk}/runs/"
-
-
-@pytest.fixture
-def people(db: None) -> Personas:
-    return make_personas()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from rest_framework.test import APIClient
 
 from tests.apisupport import (
     Personas,
-    make_personas,
     make_repository,
     session_client,
 )
@@ -83,11 +82,6 @@ def schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
-
-
-@pytest.fixture
-def people(db: None) -> Personas:
-    return make_personas()
 
 
 def api_operations(schema: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
