@@ -4,7 +4,9 @@
  * same URL is asked for with ?fragment=1; every few seconds this fetches that
  * and swaps it in. Nothing is fetched while the tab is hidden, and a failed or
  * redirected fetch (an expired session goes to the login page) leaves the last
- * good content in place and says so on the element.
+ * good content in place and says so on the element. Content that carries a
+ * data-refresh-done element can no longer change (its runs have ended): the
+ * fetching stops there.
  */
 (function () {
   "use strict";
@@ -20,16 +22,24 @@
   var timer = null;
   var inFlight = false;
 
+  function done() {
+    if (region.querySelector("[data-refresh-done]")) {
+      region.setAttribute("data-refresh-stopped", "done");
+      return true;
+    }
+    return false;
+  }
+
   function schedule() {
     window.clearTimeout(timer);
     timer = null;
-    if (!document.hidden) {
+    if (!document.hidden && !done()) {
       timer = window.setTimeout(refresh, seconds * 1000);
     }
   }
 
   function refresh() {
-    if (inFlight || document.hidden) {
+    if (inFlight || document.hidden || done()) {
       return;
     }
     inFlight = true;

@@ -222,3 +222,18 @@ def test_operator_queues_a_run_with_run_now(
     assert run.requested_by is not None
     assert run.requested_by.username == "alice"
     shot(page, "08-run-queued")
+    # The worker takes the run and ends it: the page follows without a reload,
+    # then stops asking.
+    page.evaluate("window.sameDocument = true")
+    Revision.objects.filter(pk=run.pk).update(
+        status=Revision.Status.RUNNING, started_at=timezone.now()
+    )
+    expect(page.locator(".heading .badge")).to_have_text("running")
+    Revision.objects.filter(pk=run.pk).update(
+        status=Revision.Status.SUCCEEDED, finished_at=timezone.now(), published=True
+    )
+    # (the node types it no longer publishes have badges of their own)
+    expect(page.locator(".heading .badge").first).to_have_text("succeeded")
+    expect(page.locator("#live")).to_have_attribute("data-refresh-stopped", "done")
+    assert page.evaluate("window.sameDocument") is True
+    shot(page, "09-run-finished")

@@ -416,3 +416,38 @@ def test_manual_run_shows_who_requested_it(
     html = bob_client.get(f"/revisions/{run.pk}/").content.decode()
     assert "<dt>Requested by</dt><dd>alice</dd>" in html
     assert "<dd>manual</dd>" in html
+
+
+# -- live run pages: they follow unfinished runs, then stop
+
+
+DONE = "data-refresh-done"
+
+
+@pytest.mark.parametrize("page", ["detail", "list", "repository", "home"])
+def test_run_pages_follow_a_run_until_it_ends(
+    bob_client: Client, ops: ConfigRepository, page: str
+) -> None:
+    run = make_revision(ops, S.QUEUED, took=None)
+    url = {
+        "detail": f"/revisions/{run.pk}/",
+        "list": "/revisions/",
+        "repository": f"/repositories/{ops.name}/",
+        "home": "/",
+    }[page]
+
+    whole = bob_client.get(url).content.decode()
+    assert 'data-refresh-seconds="2"' in whole
+    assert "until the runs shown here end" in whole
+    assert DONE not in whole
+    fragment = bob_client.get(url, {"fragment": "1"}).content.decode()
+    assert "<html" not in fragment and "status-queued" in fragment
+    assert DONE not in fragment
+
+    Revision.objects.filter(pk=run.pk).update(
+        status=S.SUCCEEDED, finished_at=timezone.now()
+    )
+    fragment = bob_client.get(url, {"fragment": "1"}).content.decode()
+    assert "status-succeeded" in fragment
+    assert DONE in fragment
+    assert "until the runs shown here end" not in bob_client.get(url).content.decode()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
@@ -27,21 +26,11 @@ from controlplane.dashboard.hostrows import (
     revision_pairs,
     service_rows,
 )
+from controlplane.dashboard.live import live_page
 from controlplane.models import Node, NodeTransition
 from controlplane.nodetokens import pending_enrollment
 
 TRANSITIONS_SHOWN = 50
-REFRESH_SECONDS = 5
-
-
-def _page(
-    request: HttpRequest, template: str, fragment: str, context: dict[str, object]
-) -> HttpResponse:
-    """The whole page, or only its live part when the page's script asks."""
-    context = context | {"fragment": fragment, "refresh_seconds": REFRESH_SECONDS}
-    if request.GET.get("fragment") == "1":
-        return render(request, fragment, context)
-    return render(request, template, context)
 
 
 def host_list_page(request: HttpRequest, admin: dict[str, object]) -> HttpResponse:
@@ -51,7 +40,7 @@ def host_list_page(request: HttpRequest, admin: dict[str, object]) -> HttpRespon
         {"view": view, "revisions": revision_pairs(view), "counts": counts_of(view)}
         for view in nodestatus.node_views(now)
     ]
-    return _page(
+    return live_page(
         request,
         "controlplane/hosts.html",
         "controlplane/includes/hosts_table.html",
@@ -91,7 +80,7 @@ def host_detail(request: HttpRequest, name: str) -> HttpResponse:
     }
     if context["can_manage"]:
         context["enrollment"] = pending_enrollment(name)
-    return _page(
+    return live_page(
         request,
         "controlplane/host.html",
         "controlplane/includes/host_live.html",
@@ -105,7 +94,7 @@ def host_detail(request: HttpRequest, name: str) -> HttpResponse:
 def service_map(request: HttpRequest) -> HttpResponse:
     """Per service: the nodes running it or meant to, and the revision they run."""
     now = timezone.now()
-    return _page(
+    return live_page(
         request,
         "controlplane/host_services.html",
         "controlplane/includes/host_services_table.html",

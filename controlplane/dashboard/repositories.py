@@ -10,11 +10,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
 from controlplane.dashboard.access import is_operator, operator_of
+from controlplane.dashboard.live import any_unfinished, run_page
 from controlplane.dashboard.present import RunRow, redact_url
 from controlplane.dashboard.runlist import run_list
 from controlplane.models import ConfigRepository, Revision
@@ -64,11 +65,20 @@ def repository_rows() -> list[RepositoryRow]:
 @require_safe
 def index(request: HttpRequest) -> HttpResponse:
     """Home: each config repository with its last run and a "Run now" button."""
+    rows = repository_rows()
     context = {
-        "rows": repository_rows(),
+        "rows": rows,
         "can_run": is_operator(request.user),
+        "unfinished": any_unfinished(
+            row.last_run.revision if row.last_run else None for row in rows
+        ),
     }
-    return render(request, "controlplane/repositories.html", context)
+    return run_page(
+        request,
+        "controlplane/repositories.html",
+        "controlplane/includes/repositories_table.html",
+        context,
+    )
 
 
 @never_cache
@@ -84,8 +94,14 @@ def repository(request: HttpRequest, name: str) -> HttpResponse:
         "runs": runs,
         "statuses": Revision.Status.choices,
         "can_run": is_operator(request.user),
+        "unfinished": any_unfinished(row.revision for row in runs.rows),
     }
-    return render(request, "controlplane/repository.html", context)
+    return run_page(
+        request,
+        "controlplane/repository.html",
+        "controlplane/includes/repository_runs.html",
+        context,
+    )
 
 
 @login_required

@@ -6,12 +6,13 @@ import re
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from controlplane.dashboard.diffs import NodeTypeDiff, compare_outputs
 from controlplane.dashboard.diffs import previous_succeeded as previous_of
+from controlplane.dashboard.live import any_unfinished, run_page
 from controlplane.dashboard.present import RunRow
 from controlplane.dashboard.problems import group_problems, problem_count
 from controlplane.dashboard.runlist import run_list
@@ -33,13 +34,20 @@ def revision_list(request: HttpRequest) -> HttpResponse:
         # Not a slug, so no repository's name; the database is not asked either,
         # as some characters (NUL on PostgreSQL) make it raise instead.
         revisions = revisions.none()
+    runs = run_list(request, revisions)
     context = {
-        "runs": run_list(request, revisions),
+        "runs": runs,
         "statuses": Revision.Status.choices,
         "repositories": ConfigRepository.objects.values_list("name", flat=True),
         "repository": repository,
+        "unfinished": any_unfinished(row.revision for row in runs.rows),
     }
-    return render(request, "controlplane/revisions.html", context)
+    return run_page(
+        request,
+        "controlplane/revisions.html",
+        "controlplane/includes/revision_runs.html",
+        context,
+    )
 
 
 def _changes(revision: Revision, previous: Revision | None) -> list[NodeTypeDiff]:
@@ -73,5 +81,11 @@ def revision_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "warning_count": problem_count(warnings),
         "previous": previous,
         "changes": _changes(revision, previous),
+        "unfinished": not revision.finished,
     }
-    return render(request, "controlplane/revision.html", context)
+    return run_page(
+        request,
+        "controlplane/revision.html",
+        "controlplane/includes/revision_live.html",
+        context,
+    )
