@@ -10,7 +10,8 @@ Only what a deployment should not have to work out for itself:
   latency.
 - The app is loaded once in the master and its objects frozen out of the
   garbage collector before the workers fork, so no worker's collections walk
-  (and so copy) the import-time heap: its pages stay shared between workers.
+  (and so copy) the import-time heap: its pages stay shared between workers
+  (measured after 800 API requests: 64 MB private memory per worker, not 75).
 - With ``PROMETHEUS_MULTIPROC_DIR`` set, a worker that exits has its live
   gauges removed from the shared directory.
 - Workers are not recycled (``max_requests`` 0): on that bench, recycling
