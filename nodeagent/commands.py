@@ -94,7 +94,10 @@ def plan(config: AgentConfig, node_configs: Sequence[Path]) -> int:
     except (StoreError, ConfigInvalid, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from nodeagent.netsetup import rules_for  # pyroute2: only for plan and run
+    from nodeagent.netsetup import (  # pyroute2: only for plan and run
+        ipv6_rules_for,
+        rules_for,
+    )
 
     state_dir = Path(config.state_dir)
     addresses = adopt.recorded_addresses(state_dir)
@@ -125,6 +128,7 @@ def plan(config: AgentConfig, node_configs: Sequence[Path]) -> int:
             "gateway": config.vm_gateway,
             "isolation": config.vm_isolation,
             "rules": rules_for(config, resolved.prepared).lines(),
+            "ipv6_rules": ipv6_rules_for(config),
         },
     }
     json.dump(document, sys.stdout, indent=2)

@@ -9,6 +9,7 @@ the rules the agent would apply.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Collection, Mapping
@@ -16,8 +17,16 @@ from ipaddress import IPv4Network
 
 from nodeagent.config import AgentConfig
 from nodeagent.jailer import Jailer
+from nodeagent.network.guard6 import Ipv6Guard
 from nodeagent.network.host import HostNetwork
-from nodeagent.network.nat import Forward, Iptables, Link, Ruleset, build_rules
+from nodeagent.network.nat import (
+    Forward,
+    Iptables,
+    Link,
+    NatError,
+    Ruleset,
+    build_rules,
+)
 from nodeagent.resolve import Prepared
 from nodeagent.spec.node import ServiceConfig
 
@@ -56,6 +65,13 @@ def rules_for(config: AgentConfig, prepared: Mapping[str, Prepared]) -> Ruleset:
     )
 
 
+def ipv6_rules_for(config: AgentConfig) -> list[str]:
+    """The ip6tables filter rules of the IPv6 guard; none without link isolation."""
+    if config.vm_isolation != "links":
+        return []
+    return [f"-t filter {rule}" for rule in Ipv6Guard(config.vm_bridge).rules()]
+
+
 class NodeNetwork:
     """Bridge, TAPs and rules of one node; every method is idempotent."""
 
@@ -64,6 +80,7 @@ class NodeNetwork:
         prefix = IPv4Network(config.vm_subnet).prefixlen
         self.host = HostNetwork(config.vm_bridge, config.vm_gateway, prefix)
         self.nat = Iptables()
+        self.guard6 = Ipv6Guard(config.vm_bridge)
         # A jailed Firecracker runs unprivileged: its TAP must belong to it.
         self.owner = jailer.uid if jailer else None
         self.group = jailer.gid if jailer else None
@@ -127,21 +144,43 @@ class NodeNetwork:
         rules = self._built
         self._syncs += 1
         drifted = False
-        if rules == self._rules and self._syncs % DRIFT_CHECK_EVERY == 0:
+        check = self._syncs % DRIFT_CHECK_EVERY == 0
+        if rules == self._rules and check:
             drifted = self.nat.current() != rules
             if drifted:
                 log.warning("nat rules drifted, re-applying")
         if rules == self._rules and not drifted:
+            if check:
+                self._guard_ipv6()
             return False
         self.ensure_bridge()
         self.nat.apply(rules)
+        self._guard_ipv6()
         self._rules = rules
         log.info("nat rules applied rules=%d", len(rules.lines()))
         return True
 
+    def _guard_ipv6(self) -> None:
+        """IPv6 from guests dropped under link isolation (see network.guard6).
+
+        A host without ip6tables (or without IPv6) cannot be guarded; that is
+        said, and the IPv4 rules stand regardless.
+        """
+        wanted = self.config.vm_isolation == "links"
+        try:
+            if self.guard6.sync(wanted):
+                log.info("ipv6 guard synced isolation=%s", self.config.vm_isolation)
+        except NatError as exc:
+            if wanted:
+                log.error("ipv6 guard failed, guests may talk over IPv6 error=%s", exc)
+            else:
+                log.debug("ipv6 guard not checked error=%s", exc)
+
     def teardown(self) -> None:
         """Remove the agent's chains and hooks (with ``--stop-vms``)."""
         self.nat.remove()
+        with contextlib.suppress(NatError):  # no ip6tables: nothing to remove
+            self.guard6.remove()
         self._rules = None
 
     def close(self) -> None:

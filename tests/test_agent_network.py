@@ -98,3 +98,35 @@ def test_bridge_taps_forwards_and_idempotent_rules(
         assert fetch(ns["client"], f"http://{UPLINK}:8080/").startswith("ERROR")
     finally:
         stop_process_group(server)
+
+
+def ip6_rules(ns: str) -> list[str]:
+    """The agent's ip6tables chains, rules and hooks, counters left out."""
+    text = exec_in(ns, ["ip6tables-save", "-t", "filter"]).stdout
+    return [line for line in text.splitlines() if "FIREWORK" in line]
+
+
+def test_link_isolation_brings_the_ipv6_guard_and_none_takes_it_away(
+    net: tuple[Node, NsAgent, dict[str, str]],
+) -> None:
+    node, agent, ns = net
+    web = node.name("web")
+    node.publish([node.service("web")])
+    agent.start(vm_isolation="links")
+    wait_for(lambda: agent.running([web]), timeout=30, what="vm running")
+    wait_for(lambda: len(ip6_rules(ns["node"])) == 6, timeout=10, what="ipv6 guard")
+    assert sorted(ip6_rules(ns["node"])) == sorted(
+        [
+            ":FIREWORK-FORWARD - [0:0]",
+            ":FIREWORK-INPUT - [0:0]",
+            f"-A FIREWORK-FORWARD -i {BRIDGE} -j DROP",
+            f"-A FIREWORK-INPUT -i {BRIDGE} -j DROP",
+            "-A FORWARD -j FIREWORK-FORWARD",
+            "-A INPUT -j FIREWORK-INPUT",
+        ]
+    )
+
+    agent.stop()
+    agent.start(vm_isolation="none")
+    wait_for(lambda: agent.running([web]), timeout=30, what="adopted")
+    wait_for(lambda: not ip6_rules(ns["node"]), timeout=10, what="guard removed")

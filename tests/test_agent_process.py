@@ -183,6 +183,7 @@ def test_plan_shows_the_resolved_services_and_touches_nothing(node: Node) -> Non
     assert (
         "-t filter -A FIREWORK-FORWARD -d 169.254.169.254/32 -i br-firework -j DROP"
     ) in network["rules"]
+    assert network["ipv6_rules"] == []  # no link isolation, no IPv6 guard
     assert not node.state_dir.exists()  # nothing written, nothing started
     assert node.vmm_pids() == {}
 

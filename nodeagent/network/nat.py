@@ -412,45 +412,51 @@ class Iptables:
             [self.iptables, "-w", "-t", hook.table, "-C", hook.chain, *hook.spec]
         )
         if done.returncode not in (0, 1):
-            raise NatError(_failure(f"checking hook in {hook.chain}", done))
+            raise NatError(failure(f"checking hook in {hook.chain}", done))
         return done.returncode == 0
 
     def _iptables(self, table: str, *args: str) -> None:
         done = self._run([self.iptables, "-w", "-t", table, *args])
         if done.returncode != 0:
-            raise NatError(_failure(f"iptables -t {table} {args[0]} {args[1]}", done))
+            raise NatError(failure(f"iptables -t {table} {args[0]} {args[1]}", done))
 
     def _restore(self, table: str, lines: Sequence[str]) -> None:
         text = "\n".join(lines) + "\n"
         done = self._run([self.restore, "-w", "--noflush"], stdin=text)
         if done.returncode != 0:
-            raise NatError(_failure(f"restoring table {table}", done))
+            raise NatError(failure(f"restoring table {table}", done))
 
     def _save(self, table: str) -> list[str]:
         done = self._run([self.save, "-t", table])
         if done.returncode != 0:
-            raise NatError(_failure(f"reading table {table}", done))
+            raise NatError(failure(f"reading table {table}", done))
         return done.stdout.splitlines()
 
     def _run(
         self, argv: Sequence[str], stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        command = [*self.prefix, *argv]
-        try:
-            return subprocess.run(  # noqa: S603 - fixed argv, no shell
-                command,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise NatError(f"running {command[0]}: not found") from None
-        except subprocess.TimeoutExpired:
-            raise NatError(
-                f"running {argv[0]}: no answer after {COMMAND_TIMEOUT:.0f}s"
-            ) from None
+        return run_tool([*self.prefix, *argv], stdin)
+
+
+def run_tool(
+    command: Sequence[str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run an iptables tool; its absence or silence is a :class:`NatError`."""
+    try:
+        return subprocess.run(  # noqa: S603 - fixed argv, no shell
+            command,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise NatError(f"running {command[0]}: not found") from None
+    except subprocess.TimeoutExpired:
+        raise NatError(
+            f"running {command[0]}: no answer after {COMMAND_TIMEOUT:.0f}s"
+        ) from None
 
 
 def _restore_input(table: str, rules: Sequence[str]) -> list[str]:
@@ -471,6 +477,7 @@ def _restore_input(table: str, rules: Sequence[str]) -> list[str]:
     ]
 
 
-def _failure(doing: str, done: subprocess.CompletedProcess[str]) -> str:
+def failure(doing: str, done: subprocess.CompletedProcess[str]) -> str:
+    """``doing: <the tool's stderr>``, shortened, for a NatError."""
     detail = " ".join(done.stderr.split())[:STDERR_MAX] or f"exit {done.returncode}"
     return f"{doing}: {detail}"
