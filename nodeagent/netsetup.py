@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import threading
 from collections.abc import Collection, Mapping
 from ipaddress import IPv4Network
@@ -18,7 +19,7 @@ from ipaddress import IPv4Network
 from nodeagent.config import AgentConfig
 from nodeagent.jailer import Jailer
 from nodeagent.network.guard6 import Ipv6Guard
-from nodeagent.network.host import HostNetwork
+from nodeagent.network.host import HostNetwork, NetworkError
 from nodeagent.network.nat import (
     Forward,
     Iptables,
@@ -63,6 +64,25 @@ def rules_for(config: AgentConfig, prepared: Mapping[str, Prepared]) -> Ruleset:
         isolation=config.vm_isolation,
         block_metadata=config.vm_block_metadata,
     )
+
+
+def load_module(name: str) -> None:
+    """``modprobe name``; a failure is logged, the caller finds out what works."""
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["modprobe", name],  # noqa: S607 - from PATH, as the iptables tools
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("modprobe failed module=%s error=%s", name, exc)
+        return
+    if done.returncode != 0:
+        log.warning("modprobe failed module=%s error=%s", name, done.stderr.strip())
+    else:
+        log.info("kernel module loaded module=%s", name)
 
 
 def ipv6_rules_for(config: AgentConfig) -> list[str]:
@@ -151,14 +171,34 @@ class NodeNetwork:
                 log.warning("nat rules drifted, re-applying")
         if rules == self._rules and not drifted:
             if check:
+                self._filter_bridge()
                 self._guard_ipv6()
             return False
         self.ensure_bridge()
         self.nat.apply(rules)
+        self._filter_bridge()
         self._guard_ipv6()
         self._rules = rules
         log.info("nat rules applied rules=%d", len(rules.lines()))
         return True
+
+    def _filter_bridge(self) -> None:
+        """Under link isolation, bridged frames must meet the filter rules.
+
+        br_netfilter is loaded when its sysctls are missing; if that fails the
+        agent says isolation is not enforced, and carries on.
+        """
+        if self.config.vm_isolation != "links":
+            return
+        try:
+            self.host.ensure_bridge_filtering()
+            return
+        except NetworkError:
+            load_module("br_netfilter")
+        try:
+            self.host.ensure_bridge_filtering()
+        except NetworkError as exc:
+            log.error("link isolation not enforced between guests error=%s", exc)
 
     def _guard_ipv6(self) -> None:
         """IPv6 from guests dropped under link isolation (see network.guard6).

@@ -106,12 +106,16 @@ def ip6_rules(ns: str) -> list[str]:
     return [line for line in text.splitlines() if "FIREWORK" in line]
 
 
-def test_link_isolation_brings_the_ipv6_guard_and_none_takes_it_away(
+def test_link_isolation_filters_bridged_frames_and_guards_ipv6(
     net: tuple[Node, NsAgent, dict[str, str]],
 ) -> None:
     node, agent, ns = net
     web = node.name("web")
     node.publish([node.service("web")])
+    # Bridged frames skipping the filter rules would make isolation a sham.
+    for family in ("iptables", "ip6tables"):
+        sysctl = f"/proc/sys/net/bridge/bridge-nf-call-{family}"
+        exec_in(ns["node"], ["sh", "-c", f"echo 0 > {sysctl}"])
     agent.start(vm_isolation="links")
     wait_for(lambda: agent.running([web]), timeout=30, what="vm running")
     wait_for(lambda: len(ip6_rules(ns["node"])) == 6, timeout=10, what="ipv6 guard")
@@ -125,6 +129,9 @@ def test_link_isolation_brings_the_ipv6_guard_and_none_takes_it_away(
             "-A INPUT -j FIREWORK-INPUT",
         ]
     )
+    for family in ("iptables", "ip6tables"):
+        sysctl = f"/proc/sys/net/bridge/bridge-nf-call-{family}"
+        assert exec_in(ns["node"], ["cat", sysctl]).stdout.strip() == "1"
 
     agent.stop()
     agent.start(vm_isolation="none")

@@ -130,6 +130,12 @@ def _set_sysctls_in(netns: str, values: Mapping[Sysctl, str], subject: str) -> N
         raise failures[0]
 
 
+BRIDGE_FILTERING: Mapping[Sysctl, str] = {
+    ("net", "bridge", "bridge-nf-call-iptables"): "1",
+    ("net", "bridge", "bridge-nf-call-ip6tables"): "1",
+}
+
+
 class HostNetwork:
     """The bridge ``bridge`` with ``gateway/prefix_len`` on it, and TAPs on it.
 
@@ -244,6 +250,18 @@ class HostNetwork:
             ("net", "ipv4", "conf", "all", "route_localnet"): "1",
             ("net", "ipv4", "conf", self.bridge, "route_localnet"): "1",
         }
+        self._write_sysctls(values, subject)
+
+    def ensure_bridge_filtering(self) -> None:
+        """Frames between guests pass through iptables and ip6tables.
+
+        Without it link isolation holds nothing back: bridged traffic never
+        meets the FORWARD chains. The sysctls exist once br_netfilter is loaded
+        (NetworkError otherwise) and belong to each network namespace.
+        """
+        self._write_sysctls(BRIDGE_FILTERING, "bridge filtering")
+
+    def _write_sysctls(self, values: Mapping[Sysctl, str], subject: str) -> None:
         if self.netns is None:
             _set_sysctls(values, subject)
         else:

@@ -22,8 +22,9 @@ The rules rely on sysctls the host network setup writes, not this module:
 ``net.ipv4.ip_forward=1`` (routing to and from guests at all) and
 ``net.ipv4.conf.all.route_localnet=1`` (a host connection to ``127.0.0.1:<port>``
 may be DNATed to a guest). Link isolation also needs
-``net.bridge.bridge-nf-call-iptables=1`` (the default once ``br_netfilter`` is
-loaded), or guest-to-guest frames bypass ``FIREWORK-FORWARD``.
+``net.bridge.bridge-nf-call-iptables=1`` (set by the agent under link isolation,
+see :meth:`~nodeagent.network.host.HostNetwork.ensure_bridge_filtering`), or
+guest-to-guest frames bypass ``FIREWORK-FORWARD``.
 """
 
 from __future__ import annotations
