@@ -125,9 +125,10 @@ def test_argv_boots_root_drive_first_and_maps_every_device() -> None:
     assert option_values(argv, "-initrd") == [f"/jail{INITRD}"]
     assert "-no-reboot" in argv
     assert option_values(argv, "-drive") == [
-        "id=drive-rootfs,file=/jail/img/root.ext4,format=raw,if=none,file.locking=off",
+        "id=drive-rootfs,file=/jail/img/root.ext4,format=raw,if=none,file.locking=off"
+        ",cache=unsafe",
         "id=drive-data,file=/jail/img/data,,1.img,format=raw,if=none,"
-        "file.locking=off,readonly=on",
+        "file.locking=off,cache=unsafe,readonly=on",
     ]
     assert option_values(argv, "-netdev") == [
         "tap,id=net-eth0,ifname=fw-tap0,script=no,downscript=no"
@@ -146,6 +147,32 @@ def test_argv_without_initrd_or_network_has_neither() -> None:
     assert "-netdev" not in argv
     assert option_values(argv, "-drive") == [
         "id=drive-rootfs,file=/img/root.ext4,format=raw,if=none,file.locking=off"
+        ",cache=unsafe"
+    ]
+
+
+def test_argv_maps_cache_type_rate_limiter_and_smt() -> None:
+    limited = ROOT | {
+        "cache_type": "Writeback",
+        "rate_limiter": {
+            "bandwidth": {"size": 10_485_760, "refill_time": 500},  # 20 MiB/s
+            "ops": {"size": 100, "refill_time": 1000, "one_time_burst": 500},
+        },
+    }
+    unlimited = drive("data", "/img/data.img") | {
+        "rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 0}}
+    }
+    config = vm_config(drives=[limited, unlimited])
+    config["machine-config"] |= {"vcpu_count": 4, "smt": True}
+
+    argv = qemu_argv(config, qmp="q1")
+
+    assert option_values(argv, "-smp") == ["4,cores=2,threads=2"]
+    assert option_values(argv, "-drive") == [
+        "id=drive-rootfs,file=/img/root.ext4,format=raw,if=none,file.locking=off"
+        ",cache=writeback,throttling.bps-total=20971520,throttling.iops-total=100",
+        "id=drive-data,file=/img/data.img,format=raw,if=none,file.locking=off"
+        ",cache=unsafe",
     ]
 
 

@@ -8,8 +8,11 @@ guest can observe close to Firecracker:
   or ``ro`` for a read-only root drive, and ``pci=off``) before any ``--``
   init part, plus ``tsc_early_khz=2000000``, without which TCG boots hang;
 - drives are virtio-blk on virtio-mmio, the root drive first so that it is
-  ``/dev/vda``, opened without an image lock (Firecracker takes none);
-- network interfaces are virtio-net on the named TAP, with the guest MAC;
+  ``/dev/vda``, opened without an image lock (Firecracker takes none), with
+  Firecracker's cache type and the steady rate of its drive rate limiter;
+- ``smt`` gives two threads per core;
+- network interfaces are virtio-net on the named TAP, with the guest MAC (their
+  rate limiters have no QEMU equivalent and are not applied);
 - an i8042 keyboard controller (microvm has none of its own) carries
   SendCtrlAltDel as the real key sequence, sent with QMP ``send-key``, and
   ``reboot=k`` resets through it;
@@ -115,7 +118,7 @@ def qemu_argv(
     argv = [
         QEMU,
         *("-accel", "tcg", "-M", "microvm", "-cpu", "max"),
-        *("-m", str(machine["mem_size_mib"]), "-smp", str(machine["vcpu_count"])),
+        *("-m", str(machine["mem_size_mib"]), "-smp", smp_arg(machine)),
         *("-nodefaults", "-no-user-config", "-nographic", "-no-reboot"),
         *("-serial", "stdio", "-device", "i8042"),
         *("-chardev", f"socket,id=qmp,path={qmp},abstract=on,server=on,wait=off"),
@@ -145,9 +148,38 @@ def drive_args(drive: dict[str, Any], resolve_path: Callable[[str], str]) -> lis
         f"id={ident},file={qemu_path(resolve_path(drive['path_on_host']))},"
         "format=raw,if=none,file.locking=off"
     )
+    # Unsafe (the default) offers the guest no flush; Writeback honours it.
+    cache = "writeback" if drive.get("cache_type") == "Writeback" else "unsafe"
+    spec += f",cache={cache}"
     if drive.get("is_read_only"):
         spec += ",readonly=on"
+    spec += throttling(drive.get("rate_limiter"))
     return ["-drive", spec, "-device", f"virtio-blk-device,drive={ident}"]
+
+
+def smp_arg(machine: dict[str, Any]) -> str:
+    """``-smp``: the vCPUs, as two threads per core when ``smt`` is on."""
+    vcpus = int(machine["vcpu_count"])
+    if machine.get("smt") and vcpus % 2 == 0:
+        return f"{vcpus},cores={vcpus // 2},threads=2"
+    return str(vcpus)
+
+
+def throttling(limiter: dict[str, Any] | None) -> str:
+    """A drive's rate limiter as QEMU throttling: each bucket's refill rate.
+
+    A token bucket refills ``size`` tokens every ``refill_time`` ms, so its
+    steady rate is size * 1000 / refill_time per second; a bucket with a zero
+    size or refill time limits nothing, as in Firecracker. The one-time burst
+    and the bucket's depth have no QEMU equivalent and are not mapped.
+    """
+    options = ""
+    for bucket, option in (("bandwidth", "bps-total"), ("ops", "iops-total")):
+        spec = (limiter or {}).get(bucket) or {}
+        size, refill_ms = int(spec.get("size", 0)), int(spec.get("refill_time", 0))
+        if size > 0 and refill_ms > 0:
+            options += f",throttling.{option}={max(1, size * 1000 // refill_ms)}"
+    return options
 
 
 def net_args(iface: dict[str, Any]) -> list[str]:
