@@ -140,8 +140,9 @@ WHITENOISE_USE_FINDERS = True
 with contextlib.suppress(OSError):
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
-# Celery: without a broker, tasks run in the calling process, so a local run
-# needs no Redis. Tasks still record their runs in the database either way.
+# Celery: without a broker, tasks run in the calling process (`make run` uses a
+# directory broker and a worker instead, see below), so a local run needs no
+# Redis. Tasks still record their runs in the database either way.
 CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or "memory://"
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
 CELERY_TASK_EAGER_PROPAGATES = True
