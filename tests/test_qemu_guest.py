@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,54 +270,49 @@ def test_ctrl_alt_del_reboots_the_guest_and_the_double_exits_0(vm: BootedVm) -> 
 # -- without a network: process lifetime and start-up errors ------------------------
 
 
-def test_killing_the_double_kills_qemu(guest: TestGuest, tmp_path: Path) -> None:
+@contextmanager
+def started_offline(
+    guest: TestGuest, tmp_path: Path, args: str = boot_args()
+) -> Iterator[Double]:
+    """A double with its own copy of the guest, past InstanceStart, no network."""
     rootfs = tmp_path / "rootfs.ext4"
     shutil.copyfile(guest.rootfs, rootfs)
     double = start_double(tmp_path)
     try:
-        configure(double, guest, rootfs, tap=None)
+        configure(double, guest, rootfs, tap=None, args=args)
         double.client.action("InstanceStart")
+        yield double
+    finally:
+        kill_group(double.process.pid)
+
+
+def test_killing_the_double_kills_qemu(guest: TestGuest, tmp_path: Path) -> None:
+    with started_offline(guest, tmp_path) as double:
         [qemu] = double.qemu()
         os.kill(double.process.pid, signal.SIGKILL)
         double.process.wait(timeout=5)
         wait_for(lambda: not alive(qemu), timeout=5, what="qemu death")
-    finally:
-        kill_group(double.process.pid)
 
 
 def test_qemu_dying_under_the_guest_aborts_the_double(
     guest: TestGuest, tmp_path: Path
 ) -> None:
     """A VMM that loses its guest without a reboot crashed: no clean exit 0."""
-    rootfs = tmp_path / "rootfs.ext4"
-    shutil.copyfile(guest.rootfs, rootfs)
-    double = start_double(tmp_path)
-    try:
-        configure(double, guest, rootfs, tap=None)
-        double.client.action("InstanceStart")
+    with started_offline(guest, tmp_path) as double:
         [qemu] = double.qemu()
         os.kill(qemu, signal.SIGKILL)
         assert double.process.wait(timeout=EXIT_TIMEOUT) == -signal.SIGABRT
-    finally:
-        kill_group(double.process.pid)
 
 
 def test_initrd_failure_is_reported_and_ends_the_vm(
     guest: TestGuest, tmp_path: Path
 ) -> None:
-    rootfs = tmp_path / "rootfs.ext4"
-    shutil.copyfile(guest.rootfs, rootfs)
-    double = start_double(tmp_path)
-    try:
-        args = boot_args().replace("init=/sbin/fc-init", "init=/sbin/no-such-init")
-        configure(double, guest, rootfs, tap=None, args=args)
-        double.client.action("InstanceStart")
+    args = boot_args().replace("init=/sbin/fc-init", "init=/sbin/no-such-init")
+    with started_offline(guest, tmp_path, args) as double:
         # the initrd says why and reboots instead of hanging: the VMM exits 0
         assert double.process.wait(timeout=BOOT_TIMEOUT) == 0
         console = double.console.read_text(errors="replace")
         assert "initrd: no init /sbin/no-such-init on /dev/vda" in console
-    finally:
-        kill_group(double.process.pid)
 
 
 def test_missing_kernel_still_fails_at_put_boot_source(tmp_path: Path) -> None:

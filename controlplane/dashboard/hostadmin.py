@@ -51,6 +51,23 @@ def register_node(request: HttpRequest) -> HttpResponse:
     return redirect("controlplane:host", name=node.name)
 
 
+def managed_node(request: HttpRequest, name: str) -> Node:
+    """The node named so, for an operator; 403 for anyone else, 404 if none."""
+    operator_only(request)
+    return get_object_or_404(Node, name=name)
+
+
+def _audit(request: HttpRequest, what: str, node: Node, count: int) -> None:
+    """Log a credential change made from the dashboard, with who made it."""
+    log.info(
+        "%s from the dashboard node=%s count=%s user=%s",
+        what,
+        node.name,
+        count,
+        request.user.get_username(),
+    )
+
+
 def agent_config(request: HttpRequest, node: Node) -> list[str]:
     """The agent.yaml lines that make ``node``'s agent enroll and report here."""
     lines = [f"node_name: {node.name}"]
@@ -69,8 +86,7 @@ def agent_config(request: HttpRequest, node: Node) -> list[str]:
 @require_POST
 def issue_token(request: HttpRequest, name: str) -> HttpResponse:
     """Make an enrollment token and show it, in this answer only."""
-    operator_only(request)
-    node = get_object_or_404(Node, name=name)
+    node = managed_node(request, name)
     token, record = issue_enrollment_token(node)
     log.info(
         "enrollment token issued from the dashboard node=%s id=%s user=%s",
@@ -92,15 +108,9 @@ def issue_token(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def cancel_enrollment(request: HttpRequest, name: str) -> HttpResponse:
     """Make the node's unused enrollment tokens stop working; say how many."""
-    operator_only(request)
-    node = get_object_or_404(Node, name=name)
+    node = managed_node(request, name)
     count = cancel_enrollment_tokens(node)
-    log.info(
-        "enrollment tokens cancelled from the dashboard node=%s count=%s user=%s",
-        node.name,
-        count,
-        request.user.get_username(),
-    )
+    _audit(request, "enrollment tokens cancelled", node, count)
     if count:
         messages.success(request, f"Cancelled the unused enrollment token of {name}.")
     else:
@@ -112,15 +122,9 @@ def cancel_enrollment(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def revoke_tokens(request: HttpRequest, name: str) -> HttpResponse:
     """Revoke every live node token of the node; say how many."""
-    operator_only(request)
-    node = get_object_or_404(Node, name=name)
+    node = managed_node(request, name)
     count = revoke_node_tokens(node)
-    log.info(
-        "node tokens revoked from the dashboard node=%s count=%s user=%s",
-        node.name,
-        count,
-        request.user.get_username(),
-    )
+    _audit(request, "node tokens revoked", node, count)
     noun = "token" if count == 1 else "tokens"
     messages.success(
         request,
@@ -135,8 +139,7 @@ def revoke_tokens(request: HttpRequest, name: str) -> HttpResponse:
 @require_http_methods(["GET", "HEAD", "POST"])
 def delete_node(request: HttpRequest, name: str) -> HttpResponse:
     """Ask first (GET), then delete the node with its tokens and history (POST)."""
-    operator_only(request)
-    node = get_object_or_404(Node, name=name)
+    node = managed_node(request, name)
     if request.method != "POST":
         return render(request, "controlplane/host_delete.html", {"node": node})
     node.delete()
