@@ -84,11 +84,12 @@ def resolve(
     """
     addressing = assign_addresses(services, subnet, gateway, keep)
     envs, link_errors = resolve_links(services, addressing)
+    shared = shared_images(services)
     prepared: dict[str, Prepared] = {}
     errors: dict[str, str] = {}
     for service in services:
         name = service.name
-        error = addressing.errors.get(name) or link_errors.get(name)
+        error = shared.get(name) or addressing.errors.get(name) or link_errors.get(name)
         if error:
             errors[name] = error
             continue
@@ -106,6 +107,26 @@ def resolve(
             resolved, boot_args, envs[name], assigned, spec, hash_spec(spec)
         )
     return Resolved(prepared, errors)
+
+
+def shared_images(services: Sequence[ServiceConfig]) -> dict[str, str]:
+    """Services whose root drive image an earlier service (by name) already has.
+
+    Every VM gets its image as a read-write root drive; two guests mounting one
+    ext4 image corrupt it. The first service by name keeps the image, each other
+    one gets an error naming it (and keeps a VM it already runs).
+    """
+    owners: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for service in sorted(services, key=lambda s: s.name):
+        owner = owners.setdefault(service.image, service.name)
+        if owner != service.name:
+            errors[service.name] = (
+                f"image {service.image} is already the root drive of service "
+                f"{owner}: two VMs writing one image corrupt it, give each "
+                "service an image of its own"
+            )
+    return errors
 
 
 def _with_address(service: ServiceConfig, assigned: Assigned | None) -> ServiceConfig:

@@ -46,8 +46,7 @@ class Node:
         self.images = root / "images"
         self.images.mkdir(parents=True, exist_ok=True)
         (self.store_dir / "nodes").mkdir(parents=True, exist_ok=True)
-        for name in ("vmlinux", "rootfs.ext4"):
-            (self.images / name).write_bytes(b"x")
+        (self.images / "vmlinux").write_bytes(b"x")
         self.config_path = root / "agent.yaml"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.cleanups: list[Callable[[], object]] = []
@@ -57,10 +56,17 @@ class Node:
         return f"{self.prefix}-{short}"
 
     def service(self, short: str, **fields: Any) -> dict[str, Any]:
-        """A node-config service entry with images that exist."""
+        """A node-config service entry with images that exist.
+
+        Each service has a root drive image of its own (``<short>-rootfs.ext4``):
+        the agent refuses two services writing one image.
+        """
+        image = self.images / f"{short}-rootfs.ext4"
+        if not image.exists():
+            image.write_bytes(b"x")
         return {
             "name": self.name(short),
-            "image": str(self.images / "rootfs.ext4"),
+            "image": str(image),
             "kernel": str(self.images / "vmlinux"),
             "vcpus": 1,
             "memory_mb": 128,

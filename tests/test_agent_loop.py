@@ -203,6 +203,27 @@ def test_services_that_do_not_fit_fail_alone(node: Node) -> None:
     assert last not in node.vmm_pids()
 
 
+def test_two_services_on_one_image_start_only_the_first(node: Node) -> None:
+    """Two guests writing one ext4 image would corrupt it."""
+    web, copy = node.name("web"), node.name("zcopy")
+    node.publish([node.service("web"), node.service("zcopy")])
+    agent = agent_for(node)
+    assert agent.tick().ok
+    before = node.vmm_pids()
+    shared = node.service("web")["image"]
+
+    node.publish([node.service("web"), node.service("zcopy", image=shared)])
+    report = agent.tick()
+
+    assert list(report.failed) == [copy]
+    assert report.failed[copy] == (
+        f"image {shared} is already the root drive of service {web}: two VMs"
+        " writing one image corrupt it, give each service an image of its own"
+    )
+    # The VM the service already runs is kept; nothing is started on the image.
+    assert node.vmm_pids() == before
+
+
 def test_a_start_failure_reaches_the_status_verbatim(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,8 +324,8 @@ def test_jailed_vms_run_and_are_adopted_through_the_agent(node: Node) -> None:
     [(_, pid)] = states(first).values()
     root = base / "firecracker" / web / "root"
     assert (root / "run" / "firecracker.socket").is_socket()
-    assert (root / "rootfs.ext4").stat().st_ino == (
-        node.images / "rootfs.ext4"
+    assert (root / "web-rootfs.ext4").stat().st_ino == (
+        node.images / "web-rootfs.ext4"
     ).stat().st_ino
     first.shutdown()
 
@@ -335,7 +356,11 @@ def test_images_are_synced_before_start_and_a_missing_one_fails_its_service(
     node: Node, s3_bucket: S3Bucket
 ) -> None:
     server = s3_bucket.server
-    for name in ("vmlinux", "rootfs.ext4"):
+    services = [
+        node.service("web"),
+        node.service("zbad", image=str(node.images / "missing.ext4")),
+    ]
+    for name in ("vmlinux", "web-rootfs.ext4"):
         path = node.images / name
         server.admin.put_object(
             Bucket=s3_bucket.name, Key=name, Body=b"image " + name.encode()
@@ -344,12 +369,7 @@ def test_images_are_synced_before_start_and_a_missing_one_fails_its_service(
     (node.root / "ak").write_text(server.access_key)
     (node.root / "sk").write_text(server.secret_key)
     web, bad = node.name("web"), node.name("zbad")
-    node.publish(
-        [
-            node.service("web"),
-            node.service("zbad", image=str(node.images / "missing.ext4")),
-        ]
-    )
+    node.publish(services)
     agent = agent_for(
         node,
         s3_images_bucket=s3_bucket.name,
@@ -362,7 +382,7 @@ def test_images_are_synced_before_start_and_a_missing_one_fails_its_service(
     assert not report.ok
     got = {s.name: s for s in agent.status.snapshot().services}
     assert got[web].state == "running"
-    assert (node.images / "rootfs.ext4").read_bytes() == b"image rootfs.ext4"
+    assert (node.images / "web-rootfs.ext4").read_bytes() == b"image web-rootfs.ext4"
     assert (node.images / "vmlinux").read_bytes() == b"image vmlinux"
     assert got[bad].state == "failed"
     assert "missing.ext4" in got[bad].last_error
