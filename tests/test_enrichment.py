@@ -222,3 +222,21 @@ def test_enriched_output_validates_as_a_node_config(tmp_path: Path) -> None:
         config, errors, warnings = validate_node_config(yaml.safe_load(text), node_type)
         assert config is not None and not errors and not warnings
         assert config.node == node_type
+
+
+def test_two_services_of_a_node_type_on_one_image_get_a_warning(
+    tmp_path: Path,
+) -> None:
+    image = "/var/lib/images/shared.ext4"
+    services = [
+        base_service("web", image=image),
+        base_service("api", image=image),
+        base_service("batch", image=image, node_type="compute"),  # another node
+    ]
+    result = run_pipeline(write_repo(tmp_path, services))
+    assert result.ok  # published: the agent starts api and refuses web
+    assert [str(w) for w in result.warnings] == [
+        f"services/web.yaml: service web: image {image} is already the root drive"
+        " of service api: two VMs writing one image corrupt it, give each service"
+        " an image of its own"
+    ]

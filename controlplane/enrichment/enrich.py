@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from controlplane.enrichment.load import Source, SourceFile
 from nodeagent.naming import tap_name
+from nodeagent.resolve import shared_images
 from nodeagent.spec import (
     Defaults,
     NodeConfig,
@@ -277,6 +278,11 @@ def assemble(outcomes: list[SpecOutcome], found: Enriched) -> Enriched:
     for node_type in sorted(groups):
         services = sorted(groups[node_type], key=lambda s: s.name)
         out.errors.extend(check_services(services, files, broken))
+        # A warning, not an error: the agent starts the first and refuses the rest.
+        out.warnings.extend(
+            Problem(files[name], name, message)
+            for name, message in shared_images(services).items()
+        )
         out.nodes[node_type] = NodeConfig(node=node_type, services=tuple(services))
     out.errors = sort_problems(out.errors)
     out.warnings = sort_problems(out.warnings)
