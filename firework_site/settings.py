@@ -140,9 +140,9 @@ WHITENOISE_USE_FINDERS = True
 with contextlib.suppress(OSError):
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
-# Celery: without a broker, tasks run in the calling process (`make run` uses a
-# directory broker and a worker instead, see below), so a local run needs no
-# Redis. Tasks still record their runs in the database either way.
+# Celery: without a broker, tasks run in the calling process, so a local run
+# (`make run`) needs no Redis; a directory broker (below) needs none either.
+# Tasks record their runs in the database either way.
 CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or "memory://"
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL == "memory://"
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -150,9 +150,9 @@ CELERY_RESULT_BACKEND = env_secret("CELERY_RESULT_BACKEND") or None
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# filesystem:// (what `make run` uses): a broker that is a directory, so a
-# Celery worker takes the runs off the web process without Redis. Web and
-# worker must share FIREWORK_VAR_DIR.
+# filesystem://: a broker that is a directory, so a Celery worker takes the
+# runs off the web process without Redis (`make run` starts one when it is set).
+# Web and worker must share FIREWORK_VAR_DIR.
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = FIREWORK_VAR_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {

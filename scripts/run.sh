@@ -3,10 +3,12 @@
 #
 # Embedded defaults, nothing else to install or start: SQLite and generated
 # secrets in var/, node configs published to a directory (var/objectstore), and
-# a Celery worker taking runs from a broker that is a directory (var/broker), so
-# no run happens inside a web request. gunicorn serves the web with the shipped
-# settings. Any variable already set in the environment (DATABASE_URL,
-# FIREWORK_STORE, CELERY_BROKER_URL, ...) wins over these defaults.
+# Celery running tasks without a broker, in the web process. gunicorn serves the
+# web with the shipped settings. Any variable already set in the environment
+# (DATABASE_URL, FIREWORK_STORE, ...) wins over these defaults; with
+# CELERY_BROKER_URL set (filesystem://localhost/ needs nothing installed: its
+# queue is the directory var/broker) a Celery worker starts alongside and takes
+# the runs, so none happens inside a web request.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,7 +35,7 @@ py="$VENV/bin/python"
 
 export FIREWORK_STORE="${FIREWORK_STORE:-local}"
 export FIREWORK_STORE_DIR="${FIREWORK_STORE_DIR:-$PWD/var/objectstore}"
-export CELERY_BROKER_URL="${CELERY_BROKER_URL:-filesystem://localhost/}"
+export CELERY_BROKER_URL="${CELERY_BROKER_URL:-memory://}"
 export DATABASE_CONN_MAX_AGE="${DATABASE_CONN_MAX_AGE:-60}"
 
 echo "==> migrating the database"
@@ -41,7 +43,7 @@ echo "==> migrating the database"
 echo "==> ensuring the operator account"
 "$py" manage.py ensure_operator
 
-if [ "$CELERY_BROKER_URL" != "memory://" ]; then  # memory://: runs in-process
+if [ "$CELERY_BROKER_URL" != "memory://" ]; then  # memory://: no broker
     mkdir -p "$VAR_DIR"
     worker_log="$VAR_DIR/worker.log"
     echo "==> starting a Celery worker (log: $worker_log)"

@@ -1,10 +1,10 @@
 """``make run`` (``scripts/run.sh``) on embedded defaults, as a user starts it.
 
-One run of the real script in its own session: SQLite and the object store in
-a temporary var directory, gunicorn on a free loopback port, and a Celery worker
-on the directory broker. A run asked for through the API is answered at once
-and done by the worker, and Ctrl-C (SIGINT to the process group) stops every
-process the script started.
+The real script in its own session: SQLite and the object store in a temporary
+var directory, gunicorn on a free loopback port. By default Celery runs tasks
+without a broker, in the web process; with the directory broker a Celery worker
+starts alongside and takes the runs. Either way Ctrl-C (SIGINT to the process
+group) stops every process the script started.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,36 +79,74 @@ def embedded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(own)}
 
 
+Start = Callable[..., Running]
+
+
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    (port,) = free_ports(1)
-    var = tmp_path / "var"
-    env = embedded_env() | {
-        "PORT": str(port),
-        "FIREWORK_VAR_DIR": str(var),
-        "FIREWORK_STORE_DIR": str(tmp_path / "objectstore"),
-        "WEB_CONCURRENCY": "2",
-    }
-    output = tmp_path / "run.out"
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            ["bash", "scripts/run.sh"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Starts ``scripts/run.sh`` with extra environment; kills what is left."""
+    started: list[Running] = []
+
+    def run(**env_changes: str) -> Running:
+        (port,) = free_ports(1)
+        var = tmp_path / "var"
+        env = embedded_env() | {
+            "PORT": str(port),
+            "FIREWORK_VAR_DIR": str(var),
+            "FIREWORK_STORE_DIR": str(tmp_path / "objectstore"),
+            "WEB_CONCURRENCY": "2",
+            **env_changes,
+        }
+        output = tmp_path / "run.out"
+        with output.open("wb") as out:
+            proc = subprocess.Popen(
+                ["bash", "scripts/run.sh"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(Running(proc, f"http://127.0.0.1:{port}", var, output))
+        wait_until(
+            "the dashboard",
+            lambda: healthy(started[-1].url),
+            started[-1],
+            START_TIMEOUT,
         )
-    started = Running(proc, f"http://127.0.0.1:{port}", var, output)
-    try:
-        yield started
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in group_members(proc.pid):
+        return started[-1]
+
+    yield run
+    for running in started:
+        if running.proc.poll() is None:
+            os.killpg(running.proc.pid, signal.SIGKILL)
+        for pid in group_members(running.proc.pid):
             os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        running.proc.wait(timeout=10)
+
+
+def api_client(running: Running) -> httpx.Client:
+    """The control plane's API as the operator the script made."""
+    token = token_for_admin(running.var)
+    return httpx.Client(
+        base_url=running.url,
+        headers={"Authorization": f"Token {token}"},
+        trust_env=False,
+        timeout=30,
+    )
+
+
+def stop_with_ctrl_c(running: Running) -> None:
+    os.killpg(running.proc.pid, signal.SIGINT)
+    running.proc.wait(timeout=30)
+    wait_until(
+        "every process gone",
+        lambda: not group_members(running.proc.pid),
+        running,
+        30,
+        alive=False,
+    )
 
 
 def token_for_admin(var: Path) -> str:
@@ -125,20 +163,29 @@ def token_for_admin(var: Path) -> str:
     return done.stdout.strip()
 
 
-def test_make_run_serves_runs_through_a_worker_and_stops_on_ctrl_c(
-    running: Running,
+def test_make_run_runs_tasks_without_a_broker_and_stops_on_ctrl_c(
+    start: Start,
 ) -> None:
-    wait_until("the dashboard", lambda: healthy(running.url), running, START_TIMEOUT)
+    running = start()
     assert "revision 1: succeeded" in running.text()
     assert (running.var / "admin-password").is_file()
+    assert not (running.var / "worker.log").exists()  # no worker, no broker
 
-    token = token_for_admin(running.var)
-    api = httpx.Client(
-        base_url=running.url,
-        headers={"Authorization": f"Token {token}"},
-        trust_env=False,
-        timeout=10,
-    )
+    api = api_client(running)
+    queued = api.post("/api/v1/repositories/1/runs/", json={})
+    assert queued.status_code == 202, queued.text
+    revision = queued.json()["id"]
+    # Without a broker the run is done by the time the request is answered.
+    assert api.get(f"/api/v1/revisions/{revision}/").json()["status"] == "succeeded"
+
+    stop_with_ctrl_c(running)
+
+
+def test_with_the_directory_broker_a_worker_takes_the_runs(start: Start) -> None:
+    running = start(CELERY_BROKER_URL="filesystem://localhost/")
+    assert "revision 1: succeeded" in running.text()
+
+    api = api_client(running)
     queued = api.post("/api/v1/repositories/1/runs/", json={})
     assert queued.status_code == 202, queued.text
     revision = queued.json()["id"]
@@ -153,12 +200,4 @@ def test_make_run_serves_runs_through_a_worker_and_stops_on_ctrl_c(
     worker_log = (running.var / "worker.log").read_text()
     assert f"run finished revision={revision} status=succeeded" in worker_log
 
-    os.killpg(running.proc.pid, signal.SIGINT)
-    running.proc.wait(timeout=30)
-    wait_until(
-        "every process gone",
-        lambda: not group_members(running.proc.pid),
-        running,
-        30,
-        alive=False,
-    )
+    stop_with_ctrl_c(running)
