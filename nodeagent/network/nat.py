@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,7 +53,6 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "nat": (PREROUTING, OUTPUT, POSTROUTING),
     "filter": (FORWARD, INPUT),
 }
-TABLES = tuple(CHAINS)
 
 METADATA = "169.254.169.254/32"
 LOOPBACK = "127.0.0.0/8"
@@ -340,11 +339,16 @@ class Iptables:
         restore: str = "iptables-restore",
         save: str = "iptables-save",
         prefix: Sequence[str] = (),
+        *,
+        chains: Mapping[str, tuple[str, ...]] = CHAINS,
+        hooks: Sequence[Hook] = HOOKS,
     ) -> None:
         self.iptables = iptables
         self.restore = restore
         self.save = save
         self.prefix = list(prefix)
+        self.chains = dict(chains)  # table -> our chains in it
+        self.hooks = tuple(hooks)
 
     def apply(self, ruleset: Ruleset) -> None:
         """Make our chains hold exactly ``ruleset`` and hook each of them once.
@@ -353,17 +357,17 @@ class Iptables:
         flushes an existing one, so a table's chains change in one transaction;
         hooks go in afterwards, when the chains they jump to exist.
         """
-        unknown = set(ruleset.rules) - set(TABLES)
+        unknown = set(ruleset.rules) - set(self.chains)
         if unknown:
             raise ValueError(f"ruleset: unknown tables {', '.join(sorted(unknown))}")
         # Every table's input is checked before any of it reaches the kernel.
         inputs = {
-            table: _restore_input(table, ruleset.rules.get(table, ()))
-            for table in TABLES
+            table: _restore_input(table, chains, ruleset.rules.get(table, ()))
+            for table, chains in self.chains.items()
         }
         for table, lines in inputs.items():
             self._restore(table, lines)
-        for hook in HOOKS:
+        for hook in self.hooks:
             if not self._hooked(hook):
                 self._iptables(hook.table, "-I", hook.chain, "1", *hook.spec)
         log.info("iptables rules applied rules=%d", len(ruleset.lines()))
@@ -371,8 +375,8 @@ class Iptables:
     def current(self) -> Ruleset:
         """What our chains hold now, in the order :func:`build_rules` makes it."""
         rules = {}
-        for table in TABLES:
-            by_chain: dict[str, list[str]] = {chain: [] for chain in CHAINS[table]}
+        for table, chains in self.chains.items():
+            by_chain: dict[str, list[str]] = {chain: [] for chain in chains}
             for line in self._save(table):
                 chain = line.split(" ", 2)[1] if line.startswith("-A ") else ""
                 if chain in by_chain:
@@ -382,16 +386,20 @@ class Iptables:
 
     def hooks_in_place(self) -> bool:
         """Whether every chain of ours exists and is hooked (drift check)."""
-        declared = {chain for table in TABLES for chain in self._declared(table)}
-        if declared != {hook.target for hook in HOOKS}:
+        declared = {chain for table in self.chains for chain in self._declared(table)}
+        if declared != {hook.target for hook in self.hooks}:
             return False
-        return all(self._hooked(hook) for hook in HOOKS)
+        return all(self._hooked(hook) for hook in self.hooks)
+
+    def installed(self) -> bool:
+        """Whether any chain of ours exists."""
+        return any(self._declared(table) for table in self.chains)
 
     def remove(self) -> None:
         """Unhook and delete our chains; a no-op when they are already gone."""
-        for table in TABLES:
+        for table in self.chains:
             ours = self._declared(table)
-            for hook in HOOKS:
+            for hook in self.hooks:
                 # Repeat: a hook inserted by hand may be there twice.
                 while hook.target in ours and self._hooked(hook):
                     self._iptables(hook.table, "-D", hook.chain, *hook.spec)
@@ -406,63 +414,58 @@ class Iptables:
         """Those of our chains in ``table`` that exist."""
         lines = self._save(table)
         names = {line[1:].split(" ", 1)[0] for line in lines if line.startswith(":")}
-        return [chain for chain in CHAINS[table] if chain in names]
+        return [chain for chain in self.chains[table] if chain in names]
 
     def _hooked(self, hook: Hook) -> bool:
         done = self._run(
             [self.iptables, "-w", "-t", hook.table, "-C", hook.chain, *hook.spec]
         )
         if done.returncode not in (0, 1):
-            raise NatError(failure(f"checking hook in {hook.chain}", done))
+            raise NatError(_failure(f"checking hook in {hook.chain}", done))
         return done.returncode == 0
 
     def _iptables(self, table: str, *args: str) -> None:
         done = self._run([self.iptables, "-w", "-t", table, *args])
         if done.returncode != 0:
-            raise NatError(failure(f"iptables -t {table} {args[0]} {args[1]}", done))
+            raise NatError(_failure(f"iptables -t {table} {args[0]} {args[1]}", done))
 
     def _restore(self, table: str, lines: Sequence[str]) -> None:
         text = "\n".join(lines) + "\n"
         done = self._run([self.restore, "-w", "--noflush"], stdin=text)
         if done.returncode != 0:
-            raise NatError(failure(f"restoring table {table}", done))
+            raise NatError(_failure(f"restoring table {table}", done))
 
     def _save(self, table: str) -> list[str]:
         done = self._run([self.save, "-t", table])
         if done.returncode != 0:
-            raise NatError(failure(f"reading table {table}", done))
+            raise NatError(_failure(f"reading table {table}", done))
         return done.stdout.splitlines()
 
     def _run(
         self, argv: Sequence[str], stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return run_tool([*self.prefix, *argv], stdin)
+        command = [*self.prefix, *argv]
+        try:
+            return subprocess.run(  # noqa: S603 - fixed argv, no shell
+                command,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise NatError(f"running {command[0]}: not found") from None
+        except subprocess.TimeoutExpired:
+            raise NatError(
+                f"running {argv[0]}: no answer after {COMMAND_TIMEOUT:.0f}s"
+            ) from None
 
 
-def run_tool(
-    command: Sequence[str], stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run an iptables tool; its absence or silence is a :class:`NatError`."""
-    try:
-        return subprocess.run(  # noqa: S603 - fixed argv, no shell
-            command,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise NatError(f"running {command[0]}: not found") from None
-    except subprocess.TimeoutExpired:
-        raise NatError(
-            f"running {command[0]}: no answer after {COMMAND_TIMEOUT:.0f}s"
-        ) from None
-
-
-def _restore_input(table: str, rules: Sequence[str]) -> list[str]:
-    """``iptables-restore --noflush`` input replacing our chains in ``table``."""
-    chains = CHAINS[table]
+def _restore_input(
+    table: str, chains: tuple[str, ...], rules: Sequence[str]
+) -> list[str]:
+    """``iptables-restore --noflush`` input replacing our ``chains`` in ``table``."""
     for rule in rules:
         parts = rule.split(" ", 2)
         if parts[0] != "-A" or len(parts) < 3 or parts[1] not in chains or "\n" in rule:
@@ -478,7 +481,6 @@ def _restore_input(table: str, rules: Sequence[str]) -> list[str]:
     ]
 
 
-def failure(doing: str, done: subprocess.CompletedProcess[str]) -> str:
-    """``doing: <the tool's stderr>``, shortened, for a NatError."""
+def _failure(doing: str, done: subprocess.CompletedProcess[str]) -> str:
     detail = " ".join(done.stderr.split())[:STDERR_MAX] or f"exit {done.returncode}"
     return f"{doing}: {detail}"
