@@ -53,7 +53,8 @@ def waiting_for(owner: ConfigRepository, released: Iterable[str]) -> list[Revisi
     if not released:
         return []
     found = []
-    for other in ConfigRepository.objects.exclude(pk=owner.pk).order_by("name"):
+    others = ConfigRepository.objects.exclude(pk=owner.pk).filter(active=True)
+    for other in others.order_by("name"):
         latest = Revision.objects.filter(repository=other).order_by("-pk").first()
         if latest is None or latest.status != Revision.Status.FAILED:
             continue

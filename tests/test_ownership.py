@@ -99,30 +99,55 @@ def test_a_node_type_owned_by_another_repository_is_refused(
     assert "nodes/edge.yaml" not in store.list("nodes/")
 
 
+def alpha_refused_compute_then_beta_lets_it_go(
+    repositories: dict[str, ConfigRepository],
+    origins: dict[str, Path],
+    capture: Any,
+) -> Revision:
+    """Moving compute from beta to alpha, alpha first; returns alpha's refused run."""
+    run(repositories["beta"], capture)
+    commit_tree(origins["alpha"], specs(cruncher="compute"), "take compute")
+    refused = run(repositories["alpha"], capture)
+    assert refused.status == Revision.Status.FAILED
+    commit_tree(origins["beta"], {"services/batch.yaml": None}, "give up compute")
+    commit_tree(origins["beta"], specs(loader="ingest"), "beta keeps something")
+    with capture(execute=True):
+        assert run(repositories["beta"], capture).status == Revision.Status.SUCCEEDED
+    return refused
+
+
 def test_a_node_type_let_go_is_published_by_the_run_refused_for_it(
     repositories: dict[str, ConfigRepository],
     origins: dict[str, Path],
     store: LocalStore,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    """Moving compute from beta to alpha: alpha first (refused), then beta."""
-    run(repositories["beta"], django_capture_on_commit_callbacks)
-    commit_tree(origins["alpha"], specs(cruncher="compute"), "take compute")
-    refused = run(repositories["alpha"], django_capture_on_commit_callbacks)
-    assert refused.status == Revision.Status.FAILED
+    refused = alpha_refused_compute_then_beta_lets_it_go(
+        repositories, origins, django_capture_on_commit_callbacks
+    )
 
-    commit_tree(origins["beta"], {"services/batch.yaml": None}, "give up compute")
-    commit_tree(origins["beta"], specs(loader="ingest"), "beta keeps something")
-    with django_capture_on_commit_callbacks(execute=True):
-        released = run(repositories["beta"], django_capture_on_commit_callbacks)
-
-    assert released.status == Revision.Status.SUCCEEDED
     handover = Revision.objects.filter(repository=repositories["alpha"]).latest("pk")
     assert handover.trigger == Revision.Trigger.HANDOVER
     assert handover.commit_sha == refused.commit_sha
     assert handover.status == Revision.Status.SUCCEEDED
     compute = yaml.safe_load(store.get("nodes/compute.yaml").data)
     assert [s["name"] for s in compute["services"]] == ["cruncher"]
+
+
+def test_an_inactive_repository_is_not_handed_a_node_type(
+    repositories: dict[str, ConfigRepository],
+    origins: dict[str, Path],
+    store: LocalStore,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    alpha = repositories["alpha"]
+    ConfigRepository.objects.filter(pk=alpha.pk).update(active=False)
+    refused = alpha_refused_compute_then_beta_lets_it_go(
+        repositories, origins, django_capture_on_commit_callbacks
+    )
+
+    assert Revision.objects.filter(repository=alpha).latest("pk").pk == refused.pk
+    assert "nodes/compute.yaml" not in store.list("nodes/")
 
 
 def test_a_run_refused_for_another_owner_waits(

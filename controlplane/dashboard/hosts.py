@@ -78,7 +78,8 @@ def host_detail(request: HttpRequest, name: str) -> HttpResponse:
         "now": now,
         "can_manage": is_operator(request.user),
     }
-    if context["can_manage"]:
+    if context["can_manage"] and request.GET.get("fragment") != "1":
+        # The credentials card is outside the live part: the page only.
         context["enrollment"] = pending_enrollment(name)
     return live_page(
         request,
