@@ -29,8 +29,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-bind = os.environ.get("FIREWORK_BIND", "127.0.0.1:8000")
-
 
 def default_workers(environ: dict[str, str] | None = None) -> int:
     """``WEB_CONCURRENCY`` if set, else one worker per CPU, at least two."""

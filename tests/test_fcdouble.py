@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import tempfile
 import uuid
@@ -20,7 +19,7 @@ import pytest
 
 from nodeagent.firecracker import FirecrackerAPIError, FirecrackerClient
 from tests.fcdouble import tap as tap_module
-from tests.fcdouble.tap import IFF_NO_PI, IFF_TAP, TUNSETIFF
+from tests.fcdouble.tap import IFF_NO_PI, IFF_TAP, TUNSETIFF, ifreq
 from tests.fcdouble.testing import (
     alive,
     children,
@@ -326,10 +325,7 @@ def test_an_existing_tap_is_attached(double: Double, tap: str) -> None:
 def test_a_tap_another_process_holds_is_busy(double: Double, tap: str) -> None:
     holder = os.open("/dev/net/tun", os.O_RDWR)
     try:
-        request = struct.pack("16sH", tap.encode(), IFF_TAP | IFF_NO_PI).ljust(
-            40, b"\0"
-        )
-        fcntl.ioctl(holder, TUNSETIFF, request)
+        fcntl.ioctl(holder, TUNSETIFF, ifreq(tap, IFF_TAP | IFF_NO_PI))
         iface = {"iface_id": "eth0", "host_dev_name": tap}
         assert double.fault("PUT", "/network-interfaces/eth0", iface) == tap_failure(
             "Device or resource busy (os error 16)", tap

@@ -22,6 +22,11 @@ IFF_VNET_HDR = 0x4000
 IFREQ_SIZE = 40
 
 
+def ifreq(name: str, flags: int) -> bytes:
+    """The ``struct ifreq`` TUNSETIFF takes: the device name and its flags."""
+    return struct.pack("16sH", name.encode(), flags).ljust(IFREQ_SIZE, b"\0")
+
+
 def attach_error(name: str, device: str = "/dev/net/tun") -> str | None:
     """Firecracker's error text for attaching to TAP ``name``, or None if it works.
 
@@ -32,10 +37,7 @@ def attach_error(name: str, device: str = "/dev/net/tun") -> str | None:
     except OSError as exc:
         return _refusal(name, exc)
     try:
-        request = struct.pack(
-            "16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
-        ).ljust(IFREQ_SIZE, b"\0")
-        fcntl.ioctl(fd, TUNSETIFF, request)
+        fcntl.ioctl(fd, TUNSETIFF, ifreq(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
     except OSError as exc:
         return _refusal(name, exc)
     finally:
